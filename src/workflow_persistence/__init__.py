@@ -1,0 +1,65 @@
+"""workflow-persistence: save the complete state of a paused or failed workflow run and
+restore it later, in any process, so the run continues exactly where it stopped."""
+
+from __future__ import annotations
+
+from ._codec import UnresolvedObject
+from ._database import DatabasePersistence
+from ._events import Event, StartEvent, StopEvent
+from ._file import FilePersistence
+from ._memory import InMemoryPersistence
+from ._serializers import JsonSerializer, PickleSerializer, Serializer
+from ._snapshot import Decision, ErrorInfo, StoredSnapshotInfo, WorkflowSnapshot
+from .abc import Persistence
+from .errors import (
+    ConflictError,
+    CorruptSnapshotError,
+    InvalidArgumentError,
+    InvalidWorkflowIdError,
+    PayloadTooLargeError,
+    PersistenceError,
+    SerializationError,
+    StorageUnavailableError,
+    WorkflowDefinitionError,
+    WorkflowError,
+    WorkflowFailedError,
+    WorkflowNotFoundError,
+)
+from .models import WorkflowInterrupt, WorkflowInterruptMixin, metadata
+from .repository import WorkflowInterruptRepository
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConflictError",
+    "CorruptSnapshotError",
+    "DatabasePersistence",
+    "Decision",
+    "ErrorInfo",
+    "Event",
+    "FilePersistence",
+    "InMemoryPersistence",
+    "InvalidArgumentError",
+    "InvalidWorkflowIdError",
+    "JsonSerializer",
+    "PayloadTooLargeError",
+    "Persistence",
+    "PersistenceError",
+    "PickleSerializer",
+    "SerializationError",
+    "Serializer",
+    "StartEvent",
+    "StopEvent",
+    "StorageUnavailableError",
+    "StoredSnapshotInfo",
+    "UnresolvedObject",
+    "WorkflowDefinitionError",
+    "WorkflowError",
+    "WorkflowFailedError",
+    "WorkflowInterrupt",
+    "WorkflowInterruptMixin",
+    "WorkflowInterruptRepository",
+    "WorkflowNotFoundError",
+    "WorkflowSnapshot",
+    "metadata",
+]

@@ -1,0 +1,456 @@
+"""The default serializer's value codec: JSON's data model plus typed extensions.
+
+Values are written as MessagePack (a binary form of JSON's data model). Every value JSON
+cannot hold (datetimes, Decimal, UUID, tuples, sets, enums, dataclasses, ...) becomes a
+MessagePack *ext* value: a type code and a payload. Ext values cannot be forged by user
+data (a user's dict or string is never mistaken for one), and the decoder revives them in
+an ``ext_hook`` called from C only for ext values, so decoding never walks the whole tree.
+
+Classes are rebuilt only when registered with the codec. A class named in stored data that
+is not registered is never imported: decoding raises CorruptSnapshotError, or, when asked,
+returns an :class:`UnresolvedObject` stand-in carrying the class path and its fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+import msgpack
+
+from .errors import CorruptSnapshotError, SerializationError
+
+UnknownClassPolicy = Literal["error", "stand-in"]
+
+# Ext type codes. Stored data depends on them: never renumber, only add.
+EXT_TUPLE = 1
+EXT_SET = 2
+EXT_FROZENSET = 3
+EXT_DATETIME_NAIVE = 4  # payload: the datetime's 10-byte pickle state
+EXT_DATETIME_UTC = 5  # payload: the 10-byte state of its UTC wall time
+EXT_DATETIME_TZ = 6  # payload: [state, tz]
+EXT_DATE = 7  # payload: the date's 4-byte pickle state
+EXT_TIME = 8  # payload: [state, tz]
+EXT_TIMEDELTA = 9  # payload: [days, seconds, microseconds]
+EXT_DECIMAL = 10  # payload: its str()
+EXT_UUID = 11  # payload: 16 bytes
+EXT_OBJECT = 12  # payload: [class path, kind, fields]
+EXT_BIGINT = 13  # payload: decimal digits
+EXT_BYTEARRAY = 14
+
+# How a registered class is taken apart and rebuilt.
+KIND_DATACLASS = "dataclass"
+KIND_PYDANTIC = "pydantic"
+KIND_ENUM = "enum"
+KIND_STATE = "state"  # Python's own __getstate__ / __setstate__ protocol
+
+_NATIVE = frozenset({str, bytes, int, float, bool, type(None)})
+_ExtType = msgpack.ExtType
+_tuple_new = tuple.__new__
+
+
+def _ext(code: int, payload: bytes) -> Any:
+    # ExtType.__new__ is Python code that re-checks its arguments; ours are always valid.
+    return _tuple_new(_ExtType, (code, payload))
+
+
+@dataclass(frozen=True)
+class UnresolvedObject:
+    """Stands in for an instance of a class that is not registered with the serializer.
+
+    Encoding it writes back exactly what was read, so a stand-in survives a round trip.
+    """
+
+    class_path: str
+    kind: str
+    fields: Any
+
+    def __hash__(self) -> int:
+        return hash((self.class_path, self.kind))
+
+
+def class_path(cls: type) -> str:
+    """The name a class is stored under: ``module:qualname``."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _is_pydantic_model(cls: type) -> bool:
+    return hasattr(cls, "model_validate") and hasattr(cls, "__pydantic_fields__")
+
+
+def _kind_of(cls: type) -> str:
+    if isinstance(cls, enum.EnumMeta):
+        return KIND_ENUM
+    if dataclasses.is_dataclass(cls):
+        return KIND_DATACLASS
+    if _is_pydantic_model(cls):
+        return KIND_PYDANTIC
+    return KIND_STATE
+
+
+class ValueCodec:
+    """Encodes values to MessagePack bytes and back; thread-safe."""
+
+    def __init__(
+        self,
+        types: Iterable[type] = (),
+        *,
+        unknown_classes: UnknownClassPolicy = "error",
+    ) -> None:
+        if unknown_classes not in ("error", "stand-in"):
+            raise ValueError("unknown_classes must be 'error' or 'stand-in'")
+        self.unknown_classes: UnknownClassPolicy = unknown_classes
+        self._classes: dict[str, type] = {}
+        self._encoders: dict[type, Callable[[Any], Any]] = {
+            tuple: self._enc_tuple,
+            set: self._enc_set,
+            frozenset: self._enc_frozenset,
+            datetime: self._enc_datetime,
+            date: self._enc_date,
+            time: self._enc_time,
+            timedelta: self._enc_timedelta,
+            Decimal: self._enc_decimal,
+            uuid.UUID: self._enc_uuid,
+            int: self._enc_bigint,  # msgpack asks only for ints beyond 64 bits
+            bytearray: self._enc_bytearray,
+            UnresolvedObject: self._enc_unresolved,
+        }
+        self._decoders: dict[int, Callable[[bytes], Any]] = {
+            EXT_TUPLE: lambda p: tuple(self.unpack(p)),
+            EXT_SET: lambda p: set(self.unpack(p)),
+            EXT_FROZENSET: lambda p: frozenset(self.unpack(p)),
+            EXT_DATETIME_NAIVE: datetime,
+            EXT_DATETIME_UTC: self._dec_datetime_utc,
+            EXT_DATETIME_TZ: self._dec_datetime_tz,
+            EXT_DATE: date,
+            EXT_TIME: self._dec_time,
+            EXT_TIMEDELTA: lambda p: timedelta(*self.unpack(p)),
+            EXT_DECIMAL: lambda p: Decimal(p.decode("ascii")),
+            EXT_UUID: lambda p: uuid.UUID(bytes=p),
+            EXT_OBJECT: self._dec_object,
+            EXT_BIGINT: lambda p: int(p.decode("ascii")),
+            EXT_BYTEARRAY: bytearray,
+        }
+        self.register(*types)
+
+    # -- registration -------------------------------------------------------------------
+
+    def register(self, *types: type) -> None:
+        """Allow instances of ``types`` to be encoded and rebuilt.
+
+        Dataclasses, pydantic models and enums are taken apart by their fields or value;
+        any other class through ``__getstate__`` / ``__setstate__``, as pickle would.
+        Registering a class again is harmless; a new class under a stored name (a reloaded
+        module) replaces the old one.
+        """
+        for cls in types:
+            if not isinstance(cls, type):
+                raise TypeError(f"register() takes classes, not {cls!r}")
+            if _is_builtin_value_type(cls):
+                raise TypeError(f"{cls.__qualname__} is handled natively; do not register it")
+            self._classes[class_path(cls)] = cls
+            self._encoders[cls] = self._object_encoder(cls)
+
+    def is_registered(self, cls: type) -> bool:
+        return self._classes.get(class_path(cls)) is cls
+
+    # -- encoding -------------------------------------------------------------------------
+
+    def pack(self, value: Any) -> bytes:
+        """Encode ``value``; raise SerializationError naming the offending path."""
+        try:
+            return _packb(value, self._default)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            found = self.find_unencodable(value, "value")
+            if found is None:
+                raise SerializationError(f"cannot serialize the value: {exc}") from exc
+            where, reason = found
+            raise SerializationError(f"cannot serialize {where}: {reason}", path=where) from exc
+
+    def _pack_nested(self, value: Any) -> bytes:
+        # A payload packed from inside ``default``: the outer packer is busy, so pack anew.
+        return _packb(value, self._default)
+
+    def _default(self, obj: Any) -> Any:
+        encoder = self._encoders.get(type(obj))
+        if encoder is None:
+            raise TypeError(_unsupported_message(obj))
+        return encoder(obj)
+
+    def _enc_tuple(self, obj: tuple[Any, ...]) -> Any:
+        return _ext(EXT_TUPLE, self._pack_nested(list(obj)))
+
+    def _enc_set(self, obj: set[Any]) -> Any:
+        return _ext(EXT_SET, self._pack_nested(list(obj)))
+
+    def _enc_frozenset(self, obj: frozenset[Any]) -> Any:
+        return _ext(EXT_FROZENSET, self._pack_nested(list(obj)))
+
+    def _enc_datetime(self, obj: datetime) -> Any:
+        # The 10-byte state CPython's pickle uses (protocol 4 keeps ``fold``); built in C.
+        tz = obj.tzinfo
+        if tz is None:
+            return _ext(EXT_DATETIME_NAIVE, obj.__reduce_ex__(4)[1][0])
+        if tz is UTC:
+            return _ext(EXT_DATETIME_UTC, obj.__reduce_ex__(4)[1][0])
+        state = obj.replace(tzinfo=None).__reduce_ex__(4)[1][0]
+        return _ext(EXT_DATETIME_TZ, self._pack_nested([state, _tz_spec(tz)]))
+
+    def _enc_date(self, obj: date) -> Any:
+        return _ext(EXT_DATE, obj.__reduce__()[1][0])
+
+    def _enc_time(self, obj: time) -> Any:
+        tz = obj.tzinfo
+        state = obj.replace(tzinfo=None).__reduce_ex__(4)[1][0]
+        return _ext(EXT_TIME, self._pack_nested([state, None if tz is None else _tz_spec(tz)]))
+
+    def _enc_timedelta(self, obj: timedelta) -> Any:
+        return _ext(EXT_TIMEDELTA, self._pack_nested([obj.days, obj.seconds, obj.microseconds]))
+
+    def _enc_decimal(self, obj: Decimal) -> Any:
+        return _ext(EXT_DECIMAL, str(obj).encode("ascii"))
+
+    def _enc_uuid(self, obj: uuid.UUID) -> Any:
+        return _ext(EXT_UUID, obj.bytes)
+
+    def _enc_bigint(self, obj: int) -> Any:
+        return _ext(EXT_BIGINT, str(obj).encode("ascii"))
+
+    def _enc_bytearray(self, obj: bytearray) -> Any:
+        return _ext(EXT_BYTEARRAY, bytes(obj))
+
+    def _enc_unresolved(self, obj: UnresolvedObject) -> Any:
+        return _ext(EXT_OBJECT, self._pack_nested([obj.class_path, obj.kind, obj.fields]))
+
+    def _object_encoder(self, cls: type) -> Callable[[Any], Any]:
+        path = class_path(cls)
+        kind = _kind_of(cls)
+        fields = _object_fields_getter(cls, kind)
+
+        def encode(obj: Any) -> Any:
+            return _ext(EXT_OBJECT, self._pack_nested([path, kind, fields(obj)]))
+
+        return encode
+
+    # -- decoding -------------------------------------------------------------------------
+
+    def unpack(self, data: bytes | memoryview) -> Any:
+        """Decode bytes written by :meth:`pack` (errors propagate; callers wrap them)."""
+        return msgpack.unpackb(
+            data, ext_hook=self._ext_hook, strict_map_key=False, raw=False, timestamp=0
+        )
+
+    def _ext_hook(self, code: int, payload: bytes) -> Any:
+        decoder = self._decoders.get(code)
+        if decoder is None:
+            raise CorruptSnapshotError(f"unknown value type code {code} in stored data")
+        return decoder(payload)
+
+    @staticmethod
+    def _dec_datetime_utc(payload: bytes) -> datetime:
+        return datetime(payload, UTC)  # type: ignore[arg-type]  # pickle-state constructor
+
+    def _dec_datetime_tz(self, payload: bytes) -> datetime:
+        state, spec = self.unpack(payload)
+        return datetime(state, _tz_from_spec(spec))
+
+    def _dec_time(self, payload: bytes) -> time:
+        state, spec = self.unpack(payload)
+        return time(state, None if spec is None else _tz_from_spec(spec))
+
+    def _dec_object(self, payload: bytes) -> Any:
+        path, kind, fields = self.unpack(payload)
+        if type(path) is not str or type(kind) is not str:
+            raise CorruptSnapshotError("damaged object entry in stored data")
+        cls = self._classes.get(path)
+        if cls is None:
+            if self.unknown_classes == "stand-in":
+                return UnresolvedObject(path, kind, fields)
+            raise CorruptSnapshotError(
+                f"stored data holds an instance of {path}, which is not registered with"
+                " this serializer; register the class (types=[...]) to load it"
+            )
+        if kind != _kind_of(cls):
+            raise CorruptSnapshotError(
+                f"stored data holds {path} as a {kind}, but that class is now a {_kind_of(cls)}"
+            )
+        return _rebuild(cls, kind, fields)
+
+    # -- error reporting ------------------------------------------------------------------
+
+    def find_unencodable(self, value: Any, path: str) -> tuple[str, str] | None:
+        """Return ``(path, reason)`` of the first part of ``value`` that cannot be encoded.
+
+        Only called after encoding failed, so it may be slow: it walks the value in Python.
+        """
+        return self._locate(value, path, set())
+
+    def _locate(self, value: Any, path: str, active: set[int]) -> tuple[str, str] | None:
+        kind = type(value)
+        if kind in _NATIVE:
+            return None
+        children: Iterator[tuple[str, Any]]
+        if kind is dict:
+            children = _dict_children(value, path)
+        elif kind is list or kind is tuple or kind is set or kind is frozenset:
+            children = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+        elif kind in self._encoders:
+            try:
+                self._encoders[kind](value)
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+                parts = list(self._parts(value, path))
+                if not parts:
+                    return path, str(exc)
+                children = iter(parts)
+            else:
+                return None
+        else:
+            return path, _unsupported_message(value)
+        if id(value) in active:
+            return path, "it contains itself (a circular reference)"
+        active.add(id(value))
+        try:
+            for child_path, child in children:
+                found = self._locate(child, child_path, active)
+                if found is not None:
+                    return found
+        except RecursionError:
+            return path, "it is nested too deeply"
+        finally:
+            active.discard(id(value))
+        return None
+
+    def _parts(self, value: Any, path: str) -> Iterator[tuple[str, Any]]:
+        cls = type(value)
+        if self._classes.get(class_path(cls)) is not cls:
+            return
+        kind = _kind_of(cls)
+        if kind == KIND_ENUM:
+            yield f"{path}.value", value.value
+        elif kind == KIND_STATE:
+            yield f"{path}.__getstate__()", value.__getstate__()
+        else:
+            for name, field_value in _object_fields_getter(cls, kind)(value).items():
+                yield f"{path}.{name}", field_value
+
+
+def _packb(value: Any, default: Callable[[Any], Any]) -> bytes:
+    return msgpack.packb(  # type: ignore[no-any-return]
+        value, default=default, strict_types=True, use_bin_type=True, datetime=False
+    )
+
+
+def _dict_children(value: dict[Any, Any], path: str) -> Iterator[tuple[str, Any]]:
+    for key, item in value.items():
+        yield f"{path}[{key!r}] (key)", key
+        yield f"{path}[{key!r}]", item
+
+
+def _is_builtin_value_type(cls: type) -> bool:
+    return cls in _NATIVE or cls in (dict, list, tuple, set, frozenset, bytearray) or cls in (
+        datetime,
+        date,
+        time,
+        timedelta,
+        Decimal,
+        uuid.UUID,
+    )
+
+
+def _unsupported_message(obj: Any) -> str:
+    cls = type(obj)
+    name = class_path(cls).replace(":", ".")
+    if isinstance(obj, enum.Enum) or dataclasses.is_dataclass(obj) or _is_pydantic_model(cls):
+        return f"{name} is not registered; pass it in types=[...] to allow it"
+    if callable(obj):
+        return f"{name} is code (a function, method or class), which is never serialized"
+    return (
+        f"values of type {name} are not supported; convert it, or register a class that"
+        " implements __getstate__/__setstate__"
+    )
+
+
+def _tz_spec(tz: Any) -> list[Any]:
+    if type(tz) is timezone:
+        offset = tz.utcoffset(None)
+        name = tz.tzname(None)
+        custom = None if name == timezone(offset).tzname(None) else name
+        return ["fixed", offset // timedelta(microseconds=1), custom]
+    if type(tz) is ZoneInfo and tz.key is not None:
+        return ["zone", tz.key]
+    raise TypeError(
+        f"time zone {tz!r} of type {type(tz).__qualname__} is not supported;"
+        " use datetime.timezone or zoneinfo.ZoneInfo"
+    )
+
+
+def _tz_from_spec(spec: Any) -> Any:
+    if type(spec) is list and len(spec) == 3 and spec[0] == "fixed":
+        offset = timedelta(microseconds=spec[1])
+        return timezone(offset) if spec[2] is None else timezone(offset, spec[2])
+    if type(spec) is list and len(spec) == 2 and spec[0] == "zone" and type(spec[1]) is str:
+        return ZoneInfo(spec[1])
+    raise CorruptSnapshotError(f"unknown time zone entry in stored data: {spec!r}")
+
+
+def _object_fields_getter(cls: type, kind: str) -> Callable[[Any], Any]:
+    if kind == KIND_ENUM:
+        return lambda obj: obj.value
+    if kind == KIND_DATACLASS:
+        names = tuple(f.name for f in dataclasses.fields(cls))
+        return lambda obj: {name: getattr(obj, name) for name in names}
+    if kind == KIND_PYDANTIC:
+        return lambda obj: obj.model_dump(mode="python", round_trip=True)
+    return lambda obj: obj.__getstate__()
+
+
+def _rebuild(cls: type, kind: str, fields: Any) -> Any:
+    if kind == KIND_ENUM:
+        return cls(fields)
+    if kind == KIND_PYDANTIC:
+        return cls.model_validate(fields)  # type: ignore[attr-defined]
+    obj = cls.__new__(cls)
+    if kind == KIND_DATACLASS:
+        if type(fields) is not dict:
+            raise CorruptSnapshotError(f"damaged fields of {class_path(cls)} in stored data")
+        # Like pickle: restore the fields without running __init__ or __post_init__;
+        # a field added to the class since the record was written gets its default.
+        for f in dataclasses.fields(cls):
+            if f.name in fields:
+                object.__setattr__(obj, f.name, fields[f.name])
+            elif f.default is not dataclasses.MISSING:
+                object.__setattr__(obj, f.name, f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                object.__setattr__(obj, f.name, f.default_factory())
+            else:
+                raise CorruptSnapshotError(
+                    f"stored {class_path(cls)} has no value for its field {f.name!r}"
+                )
+        return obj
+    _set_state(obj, fields)
+    return obj
+
+
+def _set_state(obj: Any, state: Any) -> None:
+    """Apply ``state`` as pickle's BUILD opcode does."""
+    if state is None:
+        return
+    setstate = getattr(obj, "__setstate__", None)
+    if setstate is not None:
+        setstate(state)
+        return
+    slot_state = None
+    if type(state) is tuple and len(state) == 2:
+        state, slot_state = state
+    if state:
+        obj.__dict__.update(state)
+    if slot_state:
+        for name, value in slot_state.items():
+            setattr(obj, name, value)

@@ -1,0 +1,520 @@
+"""DatabasePersistence: snapshots in the ``workflow_interrupts`` table via SQLAlchemy.
+
+Each call is one statement in autocommit mode: a single statement is atomic on its own,
+so one round trip does what BEGIN / statement / COMMIT would do in three. The statements
+are the repository's (``_statements``), compiled once per engine and run on the DBAPI
+connection of SQLAlchemy's pool. Between calls, connections stay leased (checked out, in
+autocommit) so a call does not pay a pool checkout; one left idle for a while goes back
+to the pool, whose pre-ping and recycling then apply as usual.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, Table, create_engine, inspect
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import sessionmaker
+from sqlalchemy.pool import PoolProxiedConnection, StaticPool
+
+from . import _mysql
+from ._base import Record, RecordPersistence, version_conflict
+from ._serializers import Serializer
+from ._snapshot import StoredSnapshotInfo
+from ._statements import (
+    PRUNE_BATCH,
+    CompiledSQL,
+    TableStatements,
+    statements_for,
+    timestamp_processors,
+)
+from .errors import (
+    InvalidArgumentError,
+    PayloadTooLargeError,
+    PersistenceError,
+    StorageUnavailableError,
+)
+from .models import WorkflowInterrupt, WorkflowInterruptMixin
+
+__all__ = ["DatabasePersistence", "make_engine"]
+
+#: A leased connection idle longer than this goes back to the pool (seconds).
+IDLE_RETURN_SECONDS = 30.0
+CONNECT_TIMEOUT_SECONDS = 5
+_DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql"}
+
+
+def make_engine(url: str | URL, **options: Any) -> Engine:
+    """An Engine for ``url`` with the settings the library relies on.
+
+    A URL without a driver gets the one the extras install (``postgresql://`` means
+    psycopg 3, ``mysql://`` PyMySQL); connecting gives up after a few seconds; pooled
+    connections are pinged before reuse; in-memory SQLite is one connection shared by
+    all threads.
+    """
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError as exc:
+        raise InvalidArgumentError(f"not a database URL: {url!r}") from exc
+    backend = parsed.get_backend_name()
+    if "+" not in parsed.drivername and backend in _DEFAULT_DRIVERS:
+        parsed = parsed.set(drivername=f"{backend}+{_DEFAULT_DRIVERS[backend]}")
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    connect_args: dict[str, Any] = {}
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            kwargs["poolclass"] = StaticPool
+            connect_args["check_same_thread"] = False
+    elif backend in ("postgresql", "mysql", "mariadb"):
+        if "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+        if backend != "postgresql" and "charset" not in parsed.query:
+            connect_args["charset"] = "utf8mb4"
+    if connect_args:
+        kwargs["connect_args"] = connect_args
+    kwargs.update(options)
+    try:
+        return create_engine(parsed, **kwargs)
+    except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
+        raise InvalidArgumentError(f"cannot use database URL {parsed!r}: {exc}") from exc
+
+
+def _engine_of(bind: object) -> tuple[Engine, bool]:
+    """``(engine, owned)`` for a URL, an Engine or a sessionmaker."""
+    if isinstance(bind, str | URL):
+        return make_engine(bind), True
+    if isinstance(bind, Engine):
+        return bind, False
+    if isinstance(bind, sessionmaker):
+        target = bind.kw.get("bind")
+        if target is None:
+            raise InvalidArgumentError("the sessionmaker has no bind; configure it with an Engine")
+        engine = getattr(target, "engine", None)
+        if isinstance(engine, Engine):
+            return engine, False
+    raise InvalidArgumentError(
+        f"bind must be a database URL, an Engine or a sessionmaker, not {type(bind).__name__}"
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything the hot path needs, prepared once per persistence."""
+
+    statements: TableStatements
+    upsert: CompiledSQL
+    insert_new: CompiledSQL
+    update_if_version: CompiledSQL
+    select_record: CompiledSQL
+    select_version: CompiledSQL
+    delete_one: CompiledSQL
+    delete_older_than: CompiledSQL
+    list_variants: dict[tuple[bool, bool], CompiledSQL]
+    to_db: Callable[[datetime], Any]
+    from_db: Callable[[Any], datetime]
+    select_options: dict[str, Any]  # psycopg 3: binary=True, so bytea is not sent as hex
+    family: str
+    driver: str
+
+
+class _Leases:
+    """Pooled connections kept checked out, in autocommit, between calls.
+
+    ``list.append`` and ``list.pop`` are atomic, so threads share the list without a
+    lock; a connection is only ever used by the thread that popped it.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.idle: list[tuple[PoolProxiedConnection, float]] = []
+        self.max_idle = max(int(getattr(engine.pool, "size", lambda: 5)()), 1)
+        self.pid = os.getpid()
+
+    def acquire(self) -> PoolProxiedConnection:
+        idle = self.idle
+        now = time.monotonic()
+        while idle:
+            try:
+                conn, since = idle.pop()
+            except IndexError:
+                break
+            if now - since < IDLE_RETURN_SECONDS:
+                return conn
+            self.give_back(conn)
+        return self.checkout()
+
+    def checkout(self) -> PoolProxiedConnection:
+        try:
+            conn = self.engine.raw_connection()
+        except sa_exc.SQLAlchemyError as exc:
+            raise StorageUnavailableError(
+                f"cannot connect to the database {self.engine.url!r}: {_first_line(exc)}"
+            ) from exc
+        try:
+            self.engine.dialect.set_isolation_level(conn.dbapi_connection, "AUTOCOMMIT")
+        except Exception as exc:
+            conn.invalidate(exc)
+            conn.close()
+            raise StorageUnavailableError(f"cannot configure the connection: {exc}") from exc
+        return conn
+
+    def release(self, conn: PoolProxiedConnection) -> None:
+        if len(self.idle) < self.max_idle:
+            self.idle.append((conn, time.monotonic()))
+        else:
+            self.give_back(conn)
+
+    def give_back(self, conn: PoolProxiedConnection) -> None:
+        """Return a connection to SQLAlchemy's pool, as the pool handed it out."""
+        try:
+            if conn.dbapi_connection is not None:
+                self.engine.dialect.reset_isolation_level(conn.dbapi_connection)
+        except Exception as exc:
+            conn.invalidate(exc)
+        conn.close()
+
+    def discard(self, conn: PoolProxiedConnection, exc: BaseException) -> None:
+        conn.invalidate(exc if isinstance(exc, Exception) else None)
+        conn.close()
+
+    def close(self) -> None:
+        while self.idle:
+            try:
+                conn, _ = self.idle.pop()
+            except IndexError:
+                break
+            self.give_back(conn)
+
+
+_live_leases: weakref.WeakSet[_Leases] = weakref.WeakSet()
+_abandoned: builtins.list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    # The child must neither use nor close the parent's sockets (closing would end the
+    # parent's sessions), so it keeps them referenced and forgets them.
+    for leases in builtins.list(_live_leases):
+        _abandoned.extend(leases.idle)
+        leases.idle = []
+        leases.pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class DatabasePersistence(RecordPersistence):
+    """Stores snapshots in a SQL table: SQLite, PostgreSQL, MySQL or MariaDB.
+
+    ``bind`` is a URL, an Engine or a sessionmaker. The table is created on first use
+    through the packaged Alembic migrations (so the database is stamped), unless
+    ``create_table=False``; an existing table is used as it is. ``model`` may name a
+    host app's class built on ``WorkflowInterruptMixin``. Thread-safe; call
+    :meth:`close` (or use it as a context manager) to hand its connections back.
+    """
+
+    def __init__(
+        self,
+        bind: str | URL | Engine | sessionmaker[Any],
+        *,
+        serializer: Serializer | None = None,
+        create_table: bool = True,
+        model: type[WorkflowInterruptMixin] = WorkflowInterrupt,
+    ) -> None:
+        super().__init__(serializer)
+        self.engine, self._owns_engine = _engine_of(bind)
+        self.model = model
+        self.table: Table = model.__table__  # type: ignore[attr-defined]
+        self.create_table = create_table
+        self._plan: _Plan | None = None
+        self._init_lock = threading.Lock()
+        self._leases = _Leases(self.engine)
+        _live_leases.add(self._leases)
+        self._finalizer = weakref.finalize(
+            self, _shutdown, self._leases, self.engine if self._owns_engine else None
+        )
+
+    def close(self) -> None:
+        """Return leased connections to the pool (and dispose an engine made from a URL)."""
+        self._finalizer()
+
+    def __enter__(self) -> DatabasePersistence:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<DatabasePersistence {self.engine.url!r} table={self.table.name!r}>"
+
+    # -- preparing ----------------------------------------------------------------------
+
+    def _prepare(self) -> _Plan:
+        with self._init_lock:
+            if self._plan is None:
+                if self.create_table:
+                    self._ensure_table()
+                self._plan = self._build_plan()
+            return self._plan
+
+    def _ensure_table(self) -> None:
+        try:
+            if inspect(self.engine).has_table(self.table.name, schema=self.table.schema):
+                return
+            if self.model is WorkflowInterrupt:
+                from .migrations import upgrade
+
+                try:
+                    upgrade(self.engine)
+                except Exception:
+                    # Another process may have created it at the same moment.
+                    if not inspect(self.engine).has_table(self.table.name):
+                        raise
+            else:
+                self.table.create(self.engine, checkfirst=True)
+        except sa_exc.OperationalError as exc:
+            raise StorageUnavailableError(
+                f"cannot reach the database {self.engine.url!r}: {_first_line(exc)}"
+            ) from exc
+
+    def _build_plan(self) -> _Plan:
+        dialect = self.engine.dialect
+        if dialect.server_version_info is None:  # learn the server before compiling
+            self._leases.release(self._leases.checkout())
+        statements = statements_for(self.table, dialect)
+        compile_ = statements.compile
+        to_db, from_db = timestamp_processors(dialect)
+        upsert = compile_(statements.upsert, dialect)
+        insert_new = compile_(statements.insert_new, dialect)
+        update_if_version = compile_(statements.update_if_version, dialect)
+        select_options: dict[str, Any] = {}
+        if dialect.driver == "psycopg":
+            # Send and receive the blob in binary format instead of hex text.
+            upsert, insert_new, update_if_version = (
+                _binary_data_param(c) for c in (upsert, insert_new, update_if_version)
+            )
+            select_options["binary"] = True
+        return _Plan(
+            statements=statements,
+            upsert=upsert,
+            insert_new=insert_new,
+            update_if_version=update_if_version,
+            select_record=compile_(statements.select_record, dialect),
+            select_version=compile_(statements.select_version, dialect),
+            delete_one=compile_(statements.delete_one, dialect),
+            delete_older_than=compile_(statements.delete_older_than, dialect),
+            list_variants={
+                (before, limited): compile_(
+                    statements.select_infos(before=before, limited=limited), dialect
+                )
+                for before in (False, True)
+                for limited in (False, True)
+            },
+            to_db=to_db,
+            from_db=from_db,
+            select_options=select_options,
+            family=statements.family,
+            driver=dialect.driver,
+        )
+
+    # -- running one statement ----------------------------------------------------------
+
+    def _run(self, fn: Callable[[Any, PoolProxiedConnection, _Plan], Any]) -> Any:
+        plan = self._plan or self._prepare()
+        leases = self._leases
+        conn = leases.acquire()
+        try:
+            cursor = conn.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                result = fn(cursor, conn, plan)
+            finally:
+                cursor.close()
+        except PersistenceError:
+            leases.release(conn)
+            raise
+        except BaseException as exc:
+            translated = self._failed(conn, exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        leases.release(conn)
+        return result
+
+    def _failed(self, conn: PoolProxiedConnection, exc: BaseException) -> BaseException:
+        """Translate a driver error; drop the connection if it is broken."""
+        dialect = self.engine.dialect
+        dbapi = dialect.loaded_dbapi
+        if not isinstance(exc, dbapi.Error):
+            self._leases.discard(conn, exc)
+            return exc
+        if dialect.is_disconnect(exc, conn.dbapi_connection, None) or isinstance(
+            exc, dbapi.OperationalError | dbapi.InterfaceError
+        ):
+            self._leases.discard(conn, exc)
+            if _is_too_large(exc):
+                return PayloadTooLargeError(f"the database refused the snapshot: {exc}")
+            return StorageUnavailableError(f"the database is unavailable: {_first_line(exc)}")
+        self._leases.release(conn)
+        if _is_too_large(exc):
+            return PayloadTooLargeError(f"the database refused the snapshot: {exc}")
+        if _is_missing_table(exc):
+            return PersistenceError(
+                f"the table {self.table.name!r} does not exist: run `workflow-persistence"
+                " migrate` (or your Alembic upgrade), or pass create_table=True"
+            )
+        return PersistenceError(f"database error: {_first_line(exc)}")
+
+    # -- RecordPersistence --------------------------------------------------------------
+
+    def _write(
+        self, workflow_id: str, data: bytes, now: datetime, expected_version: int | None
+    ) -> int:
+        def write(cursor: Any, conn: PoolProxiedConnection, plan: _Plan) -> int:
+            if plan.family == "mysql":
+                _mysql.check_packet_size(conn, data)
+            elif plan.family == "sqlite":
+                _check_sqlite_length(conn.dbapi_connection, data)
+            values = {"workflow_id": workflow_id, "data": data, "now": plan.to_db(now)}
+            if expected_version is None:
+                cursor.execute(plan.upsert.sql, plan.upsert.params(values))
+                if plan.family == "mysql":
+                    return plan.statements.upserted_version(None, cursor.lastrowid)
+                return int(cursor.fetchone()[0])
+            if expected_version == 0:
+                cursor.execute(plan.insert_new.sql, plan.insert_new.params(values))
+                if not plan.statements.inserted_new(cursor.rowcount, cursor.lastrowid):
+                    raise version_conflict(workflow_id, 0, None)
+                return 1
+            values["expected_version"] = expected_version
+            cursor.execute(plan.update_if_version.sql, plan.update_if_version.params(values))
+            if cursor.rowcount != 1:
+                raise version_conflict(workflow_id, expected_version, None)
+            return expected_version + 1
+
+        return self._run(write)  # type: ignore[no-any-return]
+
+    def _read(self, workflow_id: str) -> Record | None:
+        def read(cursor: Any, conn: PoolProxiedConnection, plan: _Plan) -> Record | None:
+            stmt = plan.select_record
+            cursor.execute(stmt.sql, stmt.params({"workflow_id": workflow_id}), **plan.select_options)
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            data, version, created_at, updated_at = row
+            if type(data) is not bytes:
+                data = bytes(data)
+            return data, version, plan.from_db(created_at), plan.from_db(updated_at)
+
+        return self._run(read)  # type: ignore[no-any-return]
+
+    def _remove(self, workflow_id: str) -> bool:
+        def remove(cursor: Any, conn: PoolProxiedConnection, plan: _Plan) -> bool:
+            cursor.execute(plan.delete_one.sql, plan.delete_one.params({"workflow_id": workflow_id}))
+            return bool(cursor.rowcount > 0)
+
+        return self._run(remove)  # type: ignore[no-any-return]
+
+    def _contains(self, workflow_id: str) -> bool:
+        def contains(cursor: Any, conn: PoolProxiedConnection, plan: _Plan) -> bool:
+            stmt = plan.select_version
+            cursor.execute(stmt.sql, stmt.params({"workflow_id": workflow_id}))
+            return cursor.fetchone() is not None
+
+        return self._run(contains)  # type: ignore[no-any-return]
+
+    def _infos(
+        self, updated_before: datetime | None, limit: int | None
+    ) -> builtins.list[StoredSnapshotInfo]:
+        if limit == 0:
+            return []
+
+        def infos(
+            cursor: Any, conn: PoolProxiedConnection, plan: _Plan
+        ) -> builtins.list[StoredSnapshotInfo]:
+            stmt = plan.list_variants[(updated_before is not None, limit is not None)]
+            values: dict[str, Any] = {}
+            if updated_before is not None:
+                values["before"] = plan.to_db(updated_before)
+            if limit is not None:
+                values["limit"] = limit
+            cursor.execute(stmt.sql, stmt.params(values))
+            from_db = plan.from_db
+            return [
+                StoredSnapshotInfo(wid, from_db(created), from_db(updated), version)
+                for wid, created, updated, version in cursor.fetchall()
+            ]
+
+        return self._run(infos)  # type: ignore[no-any-return]
+
+    def _remove_older_than(self, cutoff: datetime) -> int:
+        def remove_batch(cursor: Any, conn: PoolProxiedConnection, plan: _Plan) -> int:
+            stmt = plan.delete_older_than
+            cursor.execute(stmt.sql, stmt.params({"cutoff": plan.to_db(cutoff)}))
+            return int(cursor.rowcount)
+
+        total = 0
+        while True:  # one short statement per batch, each its own transaction
+            removed: int = self._run(remove_batch)
+            total += removed
+            if removed < PRUNE_BATCH:
+                return total
+
+
+def _shutdown(leases: _Leases, owned_engine: Engine | None) -> None:
+    if leases.pid == os.getpid():
+        leases.close()
+        if owned_engine is not None:
+            owned_engine.dispose()
+
+
+def _binary_data_param(compiled: CompiledSQL) -> CompiledSQL:
+    sql = compiled.sql.replace("%(data)s", "%(data)b")
+    if sql.count("%(data)b") != 1:  # pragma: no cover - guards a change in SQLAlchemy
+        return compiled
+    return CompiledSQL(sql, compiled.positional, compiled.defaults)
+
+
+def _check_sqlite_length(dbapi_connection: Any, data: bytes) -> None:
+    import sqlite3
+
+    limit = dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+    if len(data) > limit:
+        raise PayloadTooLargeError(
+            f"the snapshot is {len(data)} bytes, more than SQLite's limit of {limit}",
+            size=len(data),
+            limit=limit,
+        )
+
+
+def _is_too_large(exc: BaseException) -> bool:
+    sqlstate = getattr(getattr(exc, "diag", None), "sqlstate", None) or getattr(
+        exc, "sqlstate", None
+    )
+    if sqlstate == "54000":  # PostgreSQL: program_limit_exceeded
+        return True
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    if code in (1153, 1301):  # MySQL: packet too large / result too large
+        return True
+    return "too big" in str(exc).lower()
+
+
+def _is_missing_table(exc: BaseException) -> bool:
+    sqlstate = getattr(getattr(exc, "diag", None), "sqlstate", None)
+    if sqlstate == "42P01":
+        return True
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    return code == 1146 or "no such table" in str(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

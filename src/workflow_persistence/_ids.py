@@ -1,0 +1,30 @@
+"""Workflow id validation, done before any I/O by every backend."""
+
+from __future__ import annotations
+
+from .errors import InvalidWorkflowIdError
+
+MAX_WORKFLOW_ID_LENGTH = 255
+
+
+def check_workflow_id(workflow_id: object) -> str:
+    """Return ``workflow_id`` if it is a valid id, else raise InvalidWorkflowIdError.
+
+    Any non-empty ``str`` of at most 255 code points is valid (API.md section 2); ids are
+    compared by exact code points, so no normalisation happens here.
+    """
+    if type(workflow_id) is str and 0 < len(workflow_id) <= MAX_WORKFLOW_ID_LENGTH:
+        return workflow_id
+    if not isinstance(workflow_id, str):
+        raise InvalidWorkflowIdError(
+            f"a workflow id must be a str, not {type(workflow_id).__name__}"
+        )
+    if not workflow_id:
+        raise InvalidWorkflowIdError("a workflow id must not be empty")
+    if len(workflow_id) > MAX_WORKFLOW_ID_LENGTH:
+        raise InvalidWorkflowIdError(
+            f"a workflow id has at most {MAX_WORKFLOW_ID_LENGTH} characters,"
+            f" this one has {len(workflow_id)}"
+        )
+    # A str subclass: store the plain str so backends never see a custom type.
+    return str.__str__(workflow_id)

@@ -1,0 +1,330 @@
+"""Snapshot serializers (API.md section 4): the safe default and a signed pickle."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import pickle
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from . import _framing
+from ._codec import UnknownClassPolicy, ValueCodec
+from ._events import Event, StartEvent, StopEvent
+from ._ids import check_workflow_id
+from ._snapshot import SNAPSHOT_STATUSES, Decision, ErrorInfo, WorkflowSnapshot
+from .errors import CorruptSnapshotError, SerializationError
+
+__all__ = ["JsonSerializer", "PickleSerializer", "Serializer"]
+
+_FMT_MSGPACK = b"msgpack"
+_FMT_MSGPACK_ZLIB = b"msgpack+zlib"
+_FMT_PICKLE = b"pickle"
+_ENVELOPE_VERSION = 1
+_ENVELOPE_LENGTH = 15
+_DEFAULT_MAX_DECODED = 1 << 31
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """Turns a snapshot into bytes and back. ``loads`` raises CorruptSnapshotError."""
+
+    def dumps(self, snapshot: WorkflowSnapshot) -> bytes: ...
+
+    def loads(self, data: bytes) -> WorkflowSnapshot: ...
+
+
+class JsonSerializer:
+    """The safe default: JSON's data model plus typed values; it never executes stored code.
+
+    It stores JSON types plus datetime, date, time, timedelta, Decimal, UUID, bytes,
+    tuple, set, frozenset, Enum, dataclasses, pydantic models and classes that implement
+    ``__getstate__``/``__setstate__``. Classes are rebuilt only when registered (``types``
+    or :meth:`register`; a ``Workflow`` registers its events). The encoding is MessagePack,
+    the binary form of JSON's data model, which is what makes it as fast as pickle.
+
+    ``unknown_classes="stand-in"`` makes ``loads`` return an ``UnresolvedObject`` for an
+    unregistered class instead of raising (how the command line shows any snapshot).
+    Bodies of at least ``compress_threshold`` bytes are zlib-compressed when that makes
+    them smaller; ``None`` turns compression off.
+    """
+
+    def __init__(
+        self,
+        types: Iterable[type] = (),
+        *,
+        unknown_classes: UnknownClassPolicy = "error",
+        compress_threshold: int | None = 1 << 20,
+        compress_level: int = 1,
+        max_decoded_size: int = _DEFAULT_MAX_DECODED,
+    ) -> None:
+        if compress_threshold is not None and compress_threshold < 0:
+            raise ValueError("compress_threshold must be a size in bytes or None")
+        self._codec = ValueCodec((Event, StartEvent, StopEvent), unknown_classes=unknown_classes)
+        self._codec.register(*types)
+        self._default = self._codec._default
+        self.compress_threshold = compress_threshold
+        self.compress_level = compress_level
+        self.max_decoded_size = max_decoded_size
+
+    def register(self, *types: type) -> None:
+        """Allow instances of ``types`` to be stored and rebuilt."""
+        self._codec.register(*types)
+
+    def is_registered(self, cls: type) -> bool:
+        return self._codec.is_registered(cls)
+
+    # -- dumps ------------------------------------------------------------------------
+
+    def dumps(self, snapshot: WorkflowSnapshot) -> bytes:
+        row = _envelope(snapshot)
+        try:
+            body: bytes = self._codec._pack_nested(row)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            raise self._explain(snapshot, exc) from exc
+        threshold = self.compress_threshold
+        if threshold is not None and len(body) >= threshold:
+            packed = zlib.compress(body, self.compress_level)
+            if len(packed) < len(body):
+                detail = b"%s:%d" % (_framing.crc_detail(packed), len(body))
+                return _framing.frame(_FMT_MSGPACK_ZLIB, detail, packed)
+        return _framing.frame(_FMT_MSGPACK, _framing.crc_detail(body), body)
+
+    def _explain(self, snapshot: WorkflowSnapshot, exc: BaseException) -> SerializationError:
+        for path, value in _envelope_parts(snapshot):
+            found = self._codec.find_unencodable(value, path)
+            if found is not None:
+                where, reason = found
+                return SerializationError(f"cannot serialize {where}: {reason}", path=where)
+        return SerializationError(f"cannot serialize the snapshot: {exc}")
+
+    # -- loads ------------------------------------------------------------------------
+
+    def loads(self, data: bytes) -> WorkflowSnapshot:
+        fmt, detail, body = _framing.unframe(data)
+        if fmt == _FMT_MSGPACK:
+            _framing.check_crc(detail, body)
+            raw: bytes | memoryview = body
+        elif fmt == _FMT_MSGPACK_ZLIB:
+            _framing.check_crc(detail, body)
+            raw = self._decompress(detail, body)
+        elif fmt == _FMT_PICKLE:
+            raise CorruptSnapshotError(
+                "this record was written by PickleSerializer; load it with"
+                " PickleSerializer(secret_key=...) configured on the persistence"
+            )
+        else:
+            raise CorruptSnapshotError(
+                f"this record is in format {_framing.format_name(fmt)!r},"
+                " which JsonSerializer does not read"
+            )
+        try:
+            return _from_row(self._codec.unpack(raw))
+        except CorruptSnapshotError:
+            raise
+        except Exception as exc:
+            raise CorruptSnapshotError(f"damaged record: {type(exc).__name__}: {exc}") from exc
+
+    def _decompress(self, detail: bytes, body: memoryview) -> bytes:
+        try:
+            size = int(detail[9:])
+        except ValueError:
+            raise CorruptSnapshotError("damaged record: bad decoded length") from None
+        if not 0 <= size <= self.max_decoded_size:
+            raise CorruptSnapshotError(
+                f"record claims {size} decoded bytes, more than max_decoded_size"
+            )
+        inflater = zlib.decompressobj()
+        try:
+            raw = inflater.decompress(body, size + 1)
+        except zlib.error as exc:
+            raise CorruptSnapshotError(f"damaged compressed record: {exc}") from exc
+        if len(raw) != size or not inflater.eof:
+            raise CorruptSnapshotError("damaged compressed record: wrong decoded length")
+        return raw
+
+
+class PickleSerializer:
+    """Stores any picklable object, signed with HMAC-SHA256.
+
+    The signature is checked before a byte is unpickled: unsigned, tampered or
+    wrongly-keyed data raises CorruptSnapshotError and is never unpickled. Keep the key
+    secret; ``previous_keys`` still verifies records written before a key rotation.
+    """
+
+    def __init__(
+        self,
+        secret_key: bytes | str,
+        *,
+        previous_keys: Iterable[bytes | str] = (),
+        protocol: int = pickle.HIGHEST_PROTOCOL,
+    ) -> None:
+        self._keys = [_key_bytes(secret_key), *(_key_bytes(k) for k in previous_keys)]
+        self.protocol = protocol
+
+    def dumps(self, snapshot: WorkflowSnapshot) -> bytes:
+        _envelope(snapshot)  # the same checks of ids, status and field types as the default
+        try:
+            body = pickle.dumps(snapshot, protocol=self.protocol)
+        except Exception as exc:
+            raise _explain_pickle(snapshot, exc, self.protocol) from exc
+        mac = hmac.new(self._keys[0], body, hashlib.sha256).hexdigest().encode("ascii")
+        return _framing.frame(_FMT_PICKLE, mac, body)
+
+    def loads(self, data: bytes) -> WorkflowSnapshot:
+        fmt, detail, body = _framing.unframe(data)
+        if fmt != _FMT_PICKLE:
+            raise CorruptSnapshotError(
+                f"this record is in format {_framing.format_name(fmt)!r}, not a signed pickle;"
+                " it was written by another serializer"
+            )
+        if not any(
+            hmac.compare_digest(hmac.new(key, body, hashlib.sha256).hexdigest().encode(), detail)
+            for key in self._keys
+        ):
+            raise CorruptSnapshotError(
+                "the record's signature does not match: it was tampered with or written"
+                " with another secret key; it was not unpickled"
+            )
+        try:
+            snapshot = pickle.loads(body)
+        except Exception as exc:
+            raise CorruptSnapshotError(f"signed record could not be unpickled: {exc}") from exc
+        if not isinstance(snapshot, WorkflowSnapshot):
+            raise CorruptSnapshotError("signed record does not hold a WorkflowSnapshot")
+        return snapshot
+
+
+def _key_bytes(key: bytes | str) -> bytes:
+    raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    if not raw:
+        raise ValueError("PickleSerializer needs a non-empty secret_key")
+    return raw
+
+
+def _plain_dict(value: Any, path: str) -> dict[str, Any]:
+    if type(value) is dict:
+        return value
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise SerializationError(
+        f"{path} must be a dict, not {type(value).__name__}", path=path
+    )
+
+
+def _envelope(s: WorkflowSnapshot) -> list[Any]:
+    """The snapshot as one list, checked; positional so it packs small and fast."""
+    if not isinstance(s, WorkflowSnapshot):
+        raise SerializationError(f"expected a WorkflowSnapshot, not {type(s).__name__}")
+    check_workflow_id(s.workflow_id)
+    if s.status not in SNAPSHOT_STATUSES:
+        raise SerializationError(
+            f"status must be one of {sorted(SNAPSHOT_STATUSES)}, not {s.status!r}",
+            path="status",
+        )
+    error = s.error
+    try:
+        history = [[d.node, d.payload, d.answer, d.asked_at, d.answered_at] for d in s.history]
+        error_row = None if error is None else [
+            error.node, error.type, error.message, error.traceback, error.at
+        ]
+    except AttributeError as exc:
+        raise SerializationError(f"history entries are Decision, error is ErrorInfo: {exc}") from exc
+    return [
+        _ENVELOPE_VERSION,
+        s.workflow_id,
+        s.status,
+        _plain_dict(s.state, "state"),
+        s.current_node,
+        s.event,
+        s.completed_nodes,
+        s.interrupt,
+        history,
+        s.attempts,
+        error_row,
+        _plain_dict(s.metadata, "metadata"),
+        s.created_at,
+        s.updated_at,
+        s.version,
+    ]
+
+
+def _envelope_parts(s: WorkflowSnapshot) -> Iterator[tuple[str, Any]]:
+    """The envelope's values with the paths an error message names them by."""
+    yield "state", s.state
+    yield "event", s.event
+    yield "interrupt", s.interrupt
+    yield "metadata", s.metadata
+    for i, d in enumerate(s.history):
+        for name in ("node", "payload", "answer", "asked_at", "answered_at"):
+            yield f"history[{i}].{name}", getattr(d, name)
+    yield "current_node", s.current_node
+    yield "completed_nodes", s.completed_nodes
+    yield "attempts", s.attempts
+    if s.error is not None:
+        for name in ("node", "type", "message", "traceback", "at"):
+            yield f"error.{name}", getattr(s.error, name)
+    yield "created_at", s.created_at
+    yield "updated_at", s.updated_at
+    yield "version", s.version
+
+
+def _from_row(row: Any) -> WorkflowSnapshot:
+    if type(row) is not list or len(row) != _ENVELOPE_LENGTH or row[0] != _ENVELOPE_VERSION:
+        raise CorruptSnapshotError("damaged record: not a snapshot of a known layout")
+    (
+        _,
+        workflow_id,
+        status,
+        state,
+        current_node,
+        event,
+        completed_nodes,
+        interrupt,
+        history,
+        attempts,
+        error,
+        metadata,
+        created_at,
+        updated_at,
+        version,
+    ) = row
+    if type(state) is not dict or type(metadata) is not dict or type(history) is not list:
+        raise CorruptSnapshotError("damaged record: wrong field types")
+    return WorkflowSnapshot(
+        workflow_id=workflow_id,
+        status=status,
+        state=state,
+        current_node=current_node,
+        event=event,
+        completed_nodes=completed_nodes,
+        interrupt=interrupt,
+        history=[Decision(*entry) for entry in history],
+        attempts=attempts,
+        error=None if error is None else ErrorInfo(*error),
+        metadata=metadata,
+        created_at=created_at,
+        updated_at=updated_at,
+        version=version,
+    )
+
+
+def _explain_pickle(snapshot: WorkflowSnapshot, exc: BaseException, protocol: int) -> Exception:
+    def picklable(value: Any) -> bool:
+        try:
+            pickle.dumps(value, protocol=protocol)
+        except Exception:
+            return False
+        return True
+
+    for path, value in _envelope_parts(snapshot):
+        if picklable(value):
+            continue
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not picklable(item):
+                    path = f"{path}[{key!r}]"
+                    break
+        return SerializationError(f"cannot pickle {path}: {exc}", path=path)
+    return SerializationError(f"cannot pickle the snapshot: {exc}")

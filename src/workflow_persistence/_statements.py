@@ -1,0 +1,222 @@
+"""Every SQL statement the library runs, built once per table and database family.
+
+What differs between databases lives here and nowhere else (as SQLAlchemy keeps it in
+``dialects/<db>/dml.py``): the repository (inside a caller's Session), DatabasePersistence
+(autocommit, one round trip per call) and the benchmarks all use these statements.
+
+Saving is always one statement, never read-then-write:
+
+* no expected version: an upsert. PostgreSQL and SQLite: ``INSERT .. ON CONFLICT DO
+  UPDATE .. RETURNING version``. MySQL/MariaDB: ``INSERT .. ON DUPLICATE KEY UPDATE ..,
+  version = LAST_INSERT_ID(version + 1)``: MySQL has no RETURNING, and ``LAST_INSERT_ID(expr)``
+  hands the new version back in the OK packet (``cursor.lastrowid``); 0 there means the row
+  was inserted, so its version is 1.
+* expected version 0: insert only if absent (``ON CONFLICT DO NOTHING``; on MySQL a no-op
+  ``version = LAST_INSERT_ID(version)`` whose non-zero lastrowid reports the conflict).
+* expected version N: ``UPDATE .. WHERE workflow_id = :id AND version = N``; one matched
+  row means the new version is N + 1.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Delete,
+    Dialect,
+    Executable,
+    Insert,
+    Select,
+    Table,
+    Update,
+    bindparam,
+    delete,
+    func,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from ._types import UTCDateTime
+from .errors import PersistenceError
+
+__all__ = ["PRUNE_BATCH", "CompiledSQL", "TableStatements", "family_of", "statements_for"]
+
+#: Rows deleted per prune statement: short statements, short locks.
+PRUNE_BATCH = 1000
+
+_FAMILIES = {"postgresql": "postgresql", "sqlite": "sqlite", "mysql": "mysql", "mariadb": "mysql"}
+
+
+def family_of(dialect: Dialect) -> str:
+    """``postgresql``, ``sqlite`` or ``mysql`` (MySQL and MariaDB share their SQL here)."""
+    family = _FAMILIES.get(dialect.name)
+    if family is None:
+        raise PersistenceError(
+            f"the {dialect.name} database is not supported; use SQLite, PostgreSQL,"
+            " MySQL or MariaDB"
+        )
+    return family
+
+
+@dataclass(frozen=True)
+class CompiledSQL:
+    """One statement compiled for one dialect, run straight on a DBAPI cursor."""
+
+    sql: str
+    positional: tuple[str, ...] | None  # parameter order for qmark/format styles
+    defaults: Mapping[str, Any]
+
+    def params(self, values: Mapping[str, Any]) -> Any:
+        merged = {**self.defaults, **values} if self.defaults else values
+        if self.positional is None:
+            return merged
+        return tuple(merged[name] for name in self.positional)
+
+
+class TableStatements:
+    """The Core statements for one snapshot table on one database family."""
+
+    def __init__(self, table: Table, family: str) -> None:
+        self.table = table
+        self.family = family
+        c = table.c
+        values = {
+            "workflow_id": bindparam("workflow_id"),
+            "data": bindparam("data"),
+            "version": literal_column("1"),
+            "created_at": bindparam("now"),
+            "updated_at": bindparam("now"),
+        }
+        one = literal_column("1")
+        self.upsert: Insert
+        self.insert_new: Insert
+        if family == "mysql":
+            ins = mysql_insert(table).values(**values)
+            self.upsert = ins.on_duplicate_key_update(
+                [
+                    ("data", ins.inserted.data),
+                    ("updated_at", ins.inserted.updated_at),
+                    ("version", func.last_insert_id(c.version + one)),
+                ]
+            )
+            self.insert_new = ins.on_duplicate_key_update(
+                [("version", func.last_insert_id(c.version))]
+            )
+        else:
+            make_insert = postgresql_insert if family == "postgresql" else sqlite_insert
+            ins = make_insert(table).values(**values)
+            self.upsert = ins.on_conflict_do_update(
+                index_elements=[c.workflow_id],
+                set_={
+                    "data": ins.excluded.data,
+                    "version": c.version + one,
+                    "updated_at": ins.excluded.updated_at,
+                },
+            ).returning(c.version)
+            self.insert_new = ins.on_conflict_do_nothing(index_elements=[c.workflow_id])
+        by_id: ColumnElement[bool] = c.workflow_id == bindparam("workflow_id")
+        self.update_if_version: Update = (
+            update(table)
+            .where(by_id, c.version == bindparam("expected_version"))
+            .values(data=bindparam("data"), version=c.version + one, updated_at=bindparam("now"))
+        )
+        self.select_record: Select[Any] = select(
+            c.data, c.version, c.created_at, c.updated_at
+        ).where(by_id)
+        self.select_version: Select[Any] = select(c.version).where(by_id)
+        self.delete_one: Delete = delete(table).where(by_id)
+        self.delete_older_than: Delete = self._delete_older_than(PRUNE_BATCH)
+
+    def _delete_older_than(self, batch: int | None) -> Delete:
+        c = self.table.c
+        old: ColumnElement[bool] = c.updated_at < bindparam("cutoff")
+        if batch is None:
+            return delete(self.table).where(old)
+        if self.family == "mysql":
+            # MySQL refuses LIMIT inside an IN subquery but has DELETE .. LIMIT.
+            return delete(self.table).where(old).with_dialect_options(mysql_limit=batch)
+        # The outer condition is checked again on each row, so a record saved since the
+        # subquery ran is kept.
+        oldest = select(c.workflow_id).where(old).order_by(c.updated_at).limit(batch)
+        return delete(self.table).where(c.workflow_id.in_(oldest.scalar_subquery()), old)
+
+    def delete_older_than_batch(self, batch: int | None) -> Delete:
+        """``DELETE`` of records older than ``:cutoff``, at most ``batch`` of them."""
+        return self.delete_older_than if batch == PRUNE_BATCH else self._delete_older_than(batch)
+
+    def select_infos(self, *, before: bool, limited: bool) -> Select[Any]:
+        """Listing without ``data``, newest first, served by the ``updated_at`` index.
+
+        Parameters: ``:before`` when ``before``, ``:limit`` when ``limited``.
+        """
+        c = self.table.c
+        stmt = select(c.workflow_id, c.created_at, c.updated_at, c.version)
+        if before:
+            stmt = stmt.where(c.updated_at < bindparam("before"))
+        stmt = stmt.order_by(c.updated_at.desc(), c.workflow_id.desc())
+        return stmt.limit(bindparam("limit")) if limited else stmt
+
+    # -- interpreting results -----------------------------------------------------------
+
+    def upserted_version(self, returned: int | None, lastrowid: int | None) -> int:
+        """The version an upsert wrote, from RETURNING or (MySQL) the OK packet."""
+        if self.family == "mysql":
+            return lastrowid or 1
+        if returned is None:  # pragma: no cover - RETURNING always yields one row
+            raise PersistenceError("the upsert returned no version")
+        return returned
+
+    def inserted_new(self, rowcount: int, lastrowid: int | None) -> bool:
+        """Whether an insert-if-absent inserted (False: a record was already there)."""
+        if self.family == "mysql":
+            return not lastrowid
+        return rowcount == 1
+
+    # -- compiled forms for a DBAPI cursor ------------------------------------------------
+
+    def compile(self, stmt: Executable, dialect: Dialect) -> CompiledSQL:
+        compiled = stmt.compile(dialect=dialect)
+        positional = getattr(compiled, "positiontup", None)
+        defaults = {k: v for k, v in compiled.params.items() if v is not None}
+        return CompiledSQL(
+            compiled.string,
+            None if positional is None else tuple(positional),
+            defaults,
+        )
+
+
+_cache: weakref.WeakKeyDictionary[Table, dict[str, TableStatements]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def statements_for(table: Table, dialect: Dialect) -> TableStatements:
+    """The statements of ``table`` for ``dialect``'s family, built on first use."""
+    family = family_of(dialect)
+    per_table = _cache.setdefault(table, {})
+    statements = per_table.get(family)
+    if statements is None:
+        statements = per_table[family] = TableStatements(table, family)
+    return statements
+
+
+def timestamp_processors(
+    dialect: Dialect,
+) -> tuple[Callable[[datetime], Any], Callable[[Any], datetime]]:
+    """How a timestamp goes to and comes back from this dialect's driver.
+
+    Taken from the column type itself, so raw DBAPI calls and ORM reads agree exactly.
+    """
+    impl = UTCDateTime().dialect_impl(dialect)
+    to_db = impl.bind_processor(dialect) or (lambda value: value)
+    from_db = impl.result_processor(dialect, None) or (lambda value: value)
+    return to_db, from_db

@@ -1,0 +1,136 @@
+"""The packaged Alembic migrations: where they are, how to run them, and host-app hooks.
+
+The environment lives in ``migrations/`` at the repository root (``alembic.ini`` points at
+it) and ships inside the wheel as ``workflow_persistence/_migrations``. Run on its own
+(``workflow-persistence migrate``, ``alembic upgrade head``, or ``DatabasePersistence``
+creating its table) it records its revision in its own version table, so it never trips
+over a host app's revisions in ``alembic_version``. A host app with its own Alembic
+environment adds :func:`versions_dir` to its ``version_locations`` instead; its own
+version table then tracks the ``workflow_persistence`` branch like any other.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import URL
+
+from .models import TABLE_NAME
+
+__all__ = [
+    "BRANCH",
+    "DEFAULT_URL",
+    "URL_ENV_VAR",
+    "VERSION_TABLE",
+    "alembic_config",
+    "current_revision",
+    "include_name",
+    "include_object",
+    "resolve_url",
+    "script_location",
+    "upgrade",
+    "versions_dir",
+]
+
+#: The branch label of the first revision: ``alembic upgrade workflow_persistence@head``.
+BRANCH = "workflow_persistence"
+#: Where the standalone environment records its revision.
+VERSION_TABLE = "workflow_persistence_alembic_version"
+URL_ENV_VAR = "WORKFLOW_PERSISTENCE_URL"
+DEFAULT_URL = "sqlite:///workflow_persistence.db"
+
+_OUR_TABLES = frozenset({TABLE_NAME, VERSION_TABLE})
+
+
+def script_location() -> Path:
+    """The Alembic environment: the packaged copy, or the source tree's in a checkout."""
+    packaged = Path(__file__).resolve().parent / "_migrations"
+    if (packaged / "env.py").is_file():
+        return packaged
+    source = Path(__file__).resolve().parents[2] / "migrations"
+    if (source / "env.py").is_file():
+        return source
+    raise FileNotFoundError("the workflow-persistence migrations are missing from this install")
+
+
+def versions_dir() -> str:
+    """The folder of revision files, for a host app's ``version_locations``."""
+    return str(script_location() / "versions")
+
+
+def resolve_url(url: str | URL | None = None) -> str | URL:
+    """The database URL: the one given, else ``$WORKFLOW_PERSISTENCE_URL``, else SQLite."""
+    if url:
+        return url
+    return os.environ.get(URL_ENV_VAR) or DEFAULT_URL
+
+
+def include_name(
+    name: str | None, type_: str, parent_names: MutableMapping[Any, str | None]
+) -> bool:
+    """Alembic ``include_name`` hook: a host app's autogenerate skips our tables.
+
+    Use it when ``workflow_persistence.metadata`` is not part of the host's
+    ``target_metadata``, so autogenerate never proposes to drop our table.
+    """
+    if type_ == "table":
+        return name not in _OUR_TABLES
+    return parent_names.get("table_name") not in _OUR_TABLES
+
+
+def include_object(
+    obj: Any,
+    name: str | None,
+    type_: str,
+    reflected: bool,
+    compare_to: Any,
+) -> bool:
+    """Alembic ``include_object`` hook: skips our tables whether reflected or declared."""
+    table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
+    return table not in _OUR_TABLES
+
+
+def alembic_config(url: str | URL | None = None) -> Any:
+    """An Alembic ``Config`` for the packaged environment."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(script_location()))
+    config.set_main_option("path_separator", "os")
+    resolved = resolve_url(url)
+    config.attributes["url"] = resolved
+    return config
+
+
+def upgrade(
+    bind: str | URL | Engine | Connection | None = None,
+    revision: str = "heads",
+    *,
+    direction: Literal["upgrade", "downgrade"] = "upgrade",
+) -> None:
+    """Run the packaged migrations against ``bind`` (a URL, Engine or Connection)."""
+    from alembic import command
+
+    config = alembic_config(None if isinstance(bind, Engine | Connection) else bind)
+    run = command.upgrade if direction == "upgrade" else command.downgrade
+    if isinstance(bind, Connection):
+        config.attributes["connection"] = bind
+        run(config, revision)
+    elif isinstance(bind, Engine):
+        with bind.begin() as connection:
+            config.attributes["connection"] = connection
+            run(config, revision)
+    else:
+        run(config, revision)
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The revision the standalone environment has recorded, or None."""
+    from alembic.runtime.migration import MigrationContext
+
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
