@@ -6,6 +6,8 @@ MessagePack *ext* value: a type code and a payload. Ext values cannot be forged 
 data (a user's dict or string is never mistaken for one), and the decoder revives them in
 an ``ext_hook`` called from C only for ext values, so decoding never walks the whole tree.
 
+``bytearray`` and ``memoryview`` come back as ``bytes`` (MessagePack has one binary type).
+
 Classes are rebuilt only when registered with the codec. A class named in stored data that
 is not registered is never imported: decoding raises CorruptSnapshotError, or, when asked,
 returns an :class:`UnresolvedObject` stand-in carrying the class path and its fields.
@@ -43,7 +45,7 @@ EXT_DECIMAL = 10  # payload: its str()
 EXT_UUID = 11  # payload: 16 bytes
 EXT_OBJECT = 12  # payload: [class path, kind, fields]
 EXT_BIGINT = 13  # payload: decimal digits
-EXT_BYTEARRAY = 14
+# 14 was reserved for bytearray: msgpack packs it natively as bytes.
 
 # How a registered class is taken apart and rebuilt.
 KIND_DATACLASS = "dataclass"
@@ -119,7 +121,6 @@ class ValueCodec:
             Decimal: self._enc_decimal,
             uuid.UUID: self._enc_uuid,
             int: self._enc_bigint,  # msgpack asks only for ints beyond 64 bits
-            bytearray: self._enc_bytearray,
             UnresolvedObject: self._enc_unresolved,
         }
         self._decoders: dict[int, Callable[[bytes], Any]] = {
@@ -136,7 +137,6 @@ class ValueCodec:
             EXT_UUID: lambda p: uuid.UUID(bytes=p),
             EXT_OBJECT: self._dec_object,
             EXT_BIGINT: lambda p: int(p.decode("ascii")),
-            EXT_BYTEARRAY: bytearray,
         }
         self.register(*types)
 
@@ -222,9 +222,6 @@ class ValueCodec:
 
     def _enc_bigint(self, obj: int) -> Any:
         return _ext(EXT_BIGINT, str(obj).encode("ascii"))
-
-    def _enc_bytearray(self, obj: bytearray) -> Any:
-        return _ext(EXT_BYTEARRAY, bytes(obj))
 
     def _enc_unresolved(self, obj: UnresolvedObject) -> Any:
         return _ext(EXT_OBJECT, self._pack_nested([obj.class_path, obj.kind, obj.fields]))

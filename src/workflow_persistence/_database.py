@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine, inspect
+from sqlalchemy import Engine, Table, create_engine, event, inspect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import sessionmaker
@@ -50,6 +50,8 @@ __all__ = ["DatabasePersistence", "make_engine"]
 #: A leased connection idle longer than this goes back to the pool (seconds).
 IDLE_RETURN_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 5
+#: PyMySQL reads after the handshake; above InnoDB's default 50 s lock wait.
+MYSQL_READ_TIMEOUT_SECONDS = 60.0
 _DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql"}
 
 
@@ -79,13 +81,27 @@ def make_engine(url: str | URL, **options: Any) -> Engine:
             connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
         if backend != "postgresql" and "charset" not in parsed.query:
             connect_args["charset"] = "utf8mb4"
+    bound_handshake = parsed.get_driver_name() == "pymysql" and "read_timeout" not in parsed.query
+    if bound_handshake:
+        # PyMySQL's connect_timeout covers only the TCP connect; a peer that accepts and
+        # never greets would hang the handshake, which is read under read_timeout.
+        connect_args["read_timeout"] = CONNECT_TIMEOUT_SECONDS
     if connect_args:
         kwargs["connect_args"] = connect_args
     kwargs.update(options)
     try:
-        return create_engine(parsed, **kwargs)
+        engine = create_engine(parsed, **kwargs)
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
         raise InvalidArgumentError(f"cannot use database URL {parsed!r}: {exc}") from exc
+    if bound_handshake:
+        event.listen(engine, "connect", _widen_pymysql_read_timeout)
+    return engine
+
+
+def _widen_pymysql_read_timeout(dbapi_connection: Any, _record: Any) -> None:
+    """After the handshake, give statements (and lock waits) a longer read timeout."""
+    if hasattr(dbapi_connection, "_read_timeout"):
+        dbapi_connection._read_timeout = MYSQL_READ_TIMEOUT_SECONDS
 
 
 def _engine_of(bind: object) -> tuple[Engine, bool]:
@@ -155,7 +171,8 @@ class _Leases:
     def checkout(self) -> PoolProxiedConnection:
         try:
             conn = self.engine.raw_connection()
-        except sa_exc.SQLAlchemyError as exc:
+        except (sa_exc.SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error, OSError) as exc:
+            # raw_connection() hands over the driver's own exception, unwrapped.
             raise StorageUnavailableError(
                 f"cannot connect to the database {self.engine.url!r}: {_first_line(exc)}"
             ) from exc
@@ -391,7 +408,8 @@ class DatabasePersistence(RecordPersistence):
                 return int(cursor.fetchone()[0])
             if expected_version == 0:
                 cursor.execute(plan.insert_new.sql, plan.insert_new.params(values))
-                if not plan.statements.inserted_new(cursor.rowcount, cursor.lastrowid):
+                lastrowid = cursor.lastrowid if plan.family == "mysql" else None
+                if not plan.statements.inserted_new(cursor.rowcount, lastrowid):
                     raise version_conflict(workflow_id, 0, None)
                 return 1
             values["expected_version"] = expected_version

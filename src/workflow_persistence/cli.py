@@ -1,0 +1,261 @@
+"""The ``workflow-persistence`` command line, for operators.
+
+Every command takes ``--url`` (default: ``$WORKFLOW_PERSISTENCE_URL``, else the local
+SQLite file). Errors are one line on stderr and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import enum
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import exc as sa_exc
+
+from . import _framing, migrations
+from ._codec import UnresolvedObject
+from ._database import DatabasePersistence
+from ._serializers import JsonSerializer
+from .errors import CorruptSnapshotError, PersistenceError, WorkflowError
+
+__all__ = ["format_age", "main", "parse_age"]
+
+_AGE_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)")
+_AGE_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+class CommandError(Exception):
+    """A failure worth one line on stderr."""
+
+
+def parse_age(text: str) -> timedelta:
+    """``7d``, ``12h``, ``1d12h``, ``90m``, ``2w``, ``30s`` as a timedelta."""
+    compact = text.strip().lower().replace(" ", "")
+    if not compact or _AGE_PART.sub("", compact):
+        raise argparse.ArgumentTypeError(
+            f"not an age: {text!r} (use a number and a unit: 7d, 12h, 30m, 45s, 2w)"
+        )
+    age = timedelta()
+    for number, unit in _AGE_PART.findall(compact):
+        age += timedelta(**{_AGE_UNITS[unit]: float(number)})
+    return age
+
+
+def format_age(age: timedelta) -> str:
+    """The compact form :func:`parse_age` reads: ``7d``, ``1d12h``, ``90s``."""
+    seconds = int(age.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
+def _persistence(url: str | None) -> DatabasePersistence:
+    serializer = JsonSerializer(unknown_classes="stand-in")
+    return DatabasePersistence(migrations.resolve_url(url), serializer=serializer, create_table=False)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+def to_jsonable(value: Any) -> Any:
+    """A JSON view of a decoded snapshot value, for people to read."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, dict):
+        return {str(k) if isinstance(k, str) else repr(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted((to_jsonable(v) for v in value), key=repr)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds()}s"
+    if isinstance(value, Decimal | UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray):
+        return {"bytes (base64)": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, UnresolvedObject):
+        return {"__class__": value.class_path, "fields": to_jsonable(value.fields)}
+    if isinstance(value, enum.Enum):
+        return {"__enum__": f"{type(value).__qualname__}.{value.name}", "value": to_jsonable(value.value)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"__class__": f"{type(value).__module__}:{type(value).__qualname__}", **fields}
+    return repr(value)
+
+
+def _cmd_migrate(args: argparse.Namespace) -> None:
+    url = migrations.resolve_url(args.url)
+    try:
+        migrations.upgrade(url)
+    except sa_exc.OperationalError as exc:
+        raise CommandError(f"cannot reach the database: {_first_line(exc.orig or exc)}") from exc
+    print(f"workflow_interrupts is up to date in {_safe_url(url)}")
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    with _persistence(args.url) as persistence:
+        before = None
+        if args.older_than is not None:
+            before = datetime.now(UTC) - args.older_than
+        infos = persistence.list(updated_before=before, limit=args.limit)
+    if args.json:
+        rows = [
+            {
+                "workflow_id": i.workflow_id,
+                "version": i.version,
+                "created_at": _iso(i.created_at),
+                "updated_at": _iso(i.updated_at),
+            }
+            for i in infos
+        ]
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    if not infos:
+        print("no stored workflows")
+        return
+    width = max(len("WORKFLOW ID"), *(len(i.workflow_id) for i in infos))
+    print(f"{'WORKFLOW ID':<{width}}  VERSION  UPDATED AT (UTC)                  CREATED AT (UTC)")
+    for i in infos:
+        print(f"{i.workflow_id:<{width}}  {i.version:>7}  {_iso(i.updated_at):<32}  {_iso(i.created_at)}")
+
+
+def _cmd_show(args: argparse.Namespace) -> None:
+    with _persistence(args.url) as persistence:
+        record = persistence._read(args.workflow_id)  # noqa: SLF001 - raw bytes, for the header
+        if record is None:
+            raise CommandError(f"no workflow snapshot is stored under id {args.workflow_id!r}")
+        data, version, created_at, updated_at = record
+        fmt = _framing.format_name(_framing.unframe(data)[0]) if data[:4] == _framing.MAGIC else "?"
+        try:
+            snapshot = persistence.load(args.workflow_id)
+        except CorruptSnapshotError as exc:
+            if fmt == "pickle":
+                raise CommandError(
+                    f"{args.workflow_id!r} is a signed pickle ({len(data)} bytes, version"
+                    f" {version}); only the application holding its key can read it"
+                ) from exc
+            raise
+    view = {
+        "workflow_id": snapshot.workflow_id,
+        "status": snapshot.status,
+        "version": version,
+        "created_at": _iso(created_at),
+        "updated_at": _iso(updated_at),
+        "stored_bytes": len(data),
+        "format": fmt,
+        "current_node": snapshot.current_node,
+        "event": to_jsonable(snapshot.event),
+        "completed_nodes": snapshot.completed_nodes,
+        "interrupt": to_jsonable(snapshot.interrupt),
+        "attempts": snapshot.attempts,
+        "error": to_jsonable(snapshot.error),
+        "history": to_jsonable(snapshot.history),
+        "metadata": to_jsonable(snapshot.metadata),
+        "state": to_jsonable(snapshot.state),
+    }
+    print(json.dumps(view, indent=2, ensure_ascii=False))
+
+
+def _cmd_delete(args: argparse.Namespace) -> None:
+    with _persistence(args.url) as persistence:
+        if not persistence.delete(args.workflow_id):
+            raise CommandError(f"no workflow snapshot is stored under id {args.workflow_id!r}")
+    print(f"deleted {args.workflow_id}")
+
+
+def _cmd_prune(args: argparse.Namespace) -> None:
+    with _persistence(args.url) as persistence:
+        removed = persistence.prune(args.older_than)
+    age = format_age(args.older_than)
+    print(f"pruned {removed} snapshot{'s' if removed != 1 else ''} not updated for {age}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(migrations.resolve_url(args.url))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="workflow-persistence",
+        description="Inspect and manage saved workflow snapshots.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    url_help = (
+        "database URL (default: $WORKFLOW_PERSISTENCE_URL, else sqlite:///workflow_persistence.db)"
+    )
+
+    def command(name: str, help_: str, run: Callable[[argparse.Namespace], None]) -> Any:
+        sub = commands.add_parser(name, help=help_, description=help_)
+        sub.add_argument("--url", help=url_help)
+        sub.set_defaults(run=run)
+        return sub
+
+    command("demo", "run a human-approval workflow: pause, save, resume in a new process", _cmd_demo)
+    command("migrate", "create or upgrade the workflow_interrupts table", _cmd_migrate)
+    listing = command("list", "list stored workflows, most recently updated first", _cmd_list)
+    listing.add_argument("--limit", type=int, default=None, help="show at most this many")
+    listing.add_argument("--older-than", type=parse_age, default=None, metavar="AGE",
+                         help="only workflows not updated for AGE (7d, 12h, 30m)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    show = command("show", "print one stored snapshot as JSON", _cmd_show)
+    show.add_argument("workflow_id", metavar="ID")
+    delete = command("delete", "delete one stored snapshot", _cmd_delete)
+    delete.add_argument("workflow_id", metavar="ID")
+    prune = command("prune", "delete snapshots not updated for a while", _cmd_prune)
+    prune.add_argument("--older-than", type=parse_age, required=True, metavar="AGE",
+                       help="age such as 7d, 12h, 30m")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (CommandError, PersistenceError, WorkflowError) as exc:
+        print(f"workflow-persistence {args.command}: {_first_line(exc)}", file=sys.stderr)
+        return 1
+    except sa_exc.SQLAlchemyError as exc:
+        print(f"workflow-persistence {args.command}: database error: {_first_line(exc)}",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"workflow-persistence {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _safe_url(url: Any) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return str(url)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
