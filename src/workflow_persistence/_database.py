@@ -81,7 +81,8 @@ def make_engine(url: str | URL, **options: Any) -> Engine:
             connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
         if backend != "postgresql" and "charset" not in parsed.query:
             connect_args["charset"] = "utf8mb4"
-    bound_handshake = parsed.get_driver_name() == "pymysql" and "read_timeout" not in parsed.query
+    driver = parsed.drivername.partition("+")[2]  # without loading the dialect
+    bound_handshake = driver == "pymysql" and "read_timeout" not in parsed.query
     if bound_handshake:
         # PyMySQL's connect_timeout covers only the TCP connect; a peer that accepts and
         # never greets would hang the handshake, which is read under read_timeout.
@@ -217,12 +218,18 @@ _abandoned: builtins.list[Any] = []
 
 
 def _after_fork_in_child() -> None:
-    # The child must neither use nor close the parent's sockets (closing would end the
-    # parent's sessions), so it keeps them referenced and forgets them.
+    # The child must neither use nor close the parent's connections: using one would
+    # change the parent's server session (autocommit, for one), closing one would end
+    # it. Leased connections stay referenced and forgotten; the engine gets a fresh pool
+    # without closing the old one (SQLAlchemy's dispose(close=False) recipe for fork).
+    engines = {}
     for leases in builtins.list(_live_leases):
         _abandoned.extend(leases.idle)
         leases.idle = []
         leases.pid = os.getpid()
+        engines[id(leases.engine)] = leases.engine
+    for engine in engines.values():
+        engine.dispose(close=False)
 
 
 if hasattr(os, "register_at_fork"):
@@ -261,8 +268,11 @@ class DatabasePersistence(RecordPersistence):
         )
 
     def close(self) -> None:
-        """Return leased connections to the pool (and dispose an engine made from a URL)."""
-        self._finalizer()
+        """Return leased connections to the pool (and dispose an engine made from a URL).
+
+        The persistence stays usable: a later call leases connections again.
+        """
+        _shutdown(self._leases, self.engine if self._owns_engine else None)
 
     def __enter__(self) -> DatabasePersistence:
         return self
@@ -345,26 +355,46 @@ class DatabasePersistence(RecordPersistence):
 
     # -- running one statement ----------------------------------------------------------
 
-    def _run(self, fn: Callable[[Any, PoolProxiedConnection, _Plan], Any]) -> Any:
+    def _run(
+        self, fn: Callable[[Any, PoolProxiedConnection, _Plan], Any], *, read_only: bool = False
+    ) -> Any:
+        """Run ``fn(cursor, connection, plan)`` on a leased connection in autocommit.
+
+        A read that finds its leased connection dead (the server restarted, or closed
+        an idle session) is retried once on a fresh one; a write is not, because whether
+        it reached the server before the connection broke cannot be known.
+        """
         plan = self._plan or self._prepare()
         leases = self._leases
         conn = leases.acquire()
-        try:
-            cursor = conn.dbapi_connection.cursor()  # type: ignore[union-attr]
+        for attempt in (1, 2):
             try:
-                result = fn(cursor, conn, plan)
-            finally:
-                cursor.close()
-        except PersistenceError:
-            leases.release(conn)
-            raise
-        except BaseException as exc:
-            translated = self._failed(conn, exc)
-            if translated is exc:
+                cursor = conn.dbapi_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    result = fn(cursor, conn, plan)
+                finally:
+                    cursor.close()
+            except PersistenceError:
+                leases.release(conn)
                 raise
-            raise translated from exc
-        leases.release(conn)
-        return result
+            except BaseException as exc:
+                retry = read_only and attempt == 1 and self._is_disconnect(conn, exc)
+                translated = self._failed(conn, exc)
+                if retry:
+                    conn = leases.checkout()
+                    continue
+                if translated is exc:
+                    raise
+                raise translated from exc
+            leases.release(conn)
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _is_disconnect(self, conn: PoolProxiedConnection, exc: BaseException) -> bool:
+        dialect = self.engine.dialect
+        return isinstance(exc, dialect.loaded_dbapi.Error) and bool(
+            dialect.is_disconnect(exc, conn.dbapi_connection, None)  # type: ignore[arg-type]
+        )
 
     def _failed(self, conn: PoolProxiedConnection, exc: BaseException) -> BaseException:
         """Translate a driver error; drop the connection if it is broken."""
@@ -400,7 +430,7 @@ class DatabasePersistence(RecordPersistence):
                 _mysql.check_packet_size(conn, data)
             elif plan.family == "sqlite":
                 _check_sqlite_length(conn.dbapi_connection, data)
-            values = {"workflow_id": workflow_id, "data": data, "now": plan.to_db(now)}
+            values = {"wf_id": workflow_id, "wf_data": data, "now": plan.to_db(now)}
             if expected_version is None:
                 cursor.execute(plan.upsert.sql, plan.upsert.params(values))
                 if plan.family == "mysql":
@@ -423,7 +453,7 @@ class DatabasePersistence(RecordPersistence):
     def _read(self, workflow_id: str) -> Record | None:
         def read(cursor: Any, conn: PoolProxiedConnection, plan: _Plan) -> Record | None:
             stmt = plan.select_record
-            cursor.execute(stmt.sql, stmt.params({"workflow_id": workflow_id}), **plan.select_options)
+            cursor.execute(stmt.sql, stmt.params({"wf_id": workflow_id}), **plan.select_options)
             row = cursor.fetchone()
             if row is None:
                 return None
@@ -432,11 +462,11 @@ class DatabasePersistence(RecordPersistence):
                 data = bytes(data)
             return data, version, plan.from_db(created_at), plan.from_db(updated_at)
 
-        return self._run(read)  # type: ignore[no-any-return]
+        return self._run(read, read_only=True)  # type: ignore[no-any-return]
 
     def _remove(self, workflow_id: str) -> bool:
         def remove(cursor: Any, conn: PoolProxiedConnection, plan: _Plan) -> bool:
-            cursor.execute(plan.delete_one.sql, plan.delete_one.params({"workflow_id": workflow_id}))
+            cursor.execute(plan.delete_one.sql, plan.delete_one.params({"wf_id": workflow_id}))
             return bool(cursor.rowcount > 0)
 
         return self._run(remove)  # type: ignore[no-any-return]
@@ -444,10 +474,10 @@ class DatabasePersistence(RecordPersistence):
     def _contains(self, workflow_id: str) -> bool:
         def contains(cursor: Any, conn: PoolProxiedConnection, plan: _Plan) -> bool:
             stmt = plan.select_version
-            cursor.execute(stmt.sql, stmt.params({"workflow_id": workflow_id}))
+            cursor.execute(stmt.sql, stmt.params({"wf_id": workflow_id}))
             return cursor.fetchone() is not None
 
-        return self._run(contains)  # type: ignore[no-any-return]
+        return self._run(contains, read_only=True)  # type: ignore[no-any-return]
 
     def _infos(
         self, updated_before: datetime | None, limit: int | None
@@ -471,7 +501,7 @@ class DatabasePersistence(RecordPersistence):
                 for wid, created, updated, version in cursor.fetchall()
             ]
 
-        return self._run(infos)  # type: ignore[no-any-return]
+        return self._run(infos, read_only=True)  # type: ignore[no-any-return]
 
     def _remove_older_than(self, cutoff: datetime) -> int:
         def remove_batch(cursor: Any, conn: PoolProxiedConnection, plan: _Plan) -> int:
@@ -495,8 +525,8 @@ def _shutdown(leases: _Leases, owned_engine: Engine | None) -> None:
 
 
 def _binary_data_param(compiled: CompiledSQL) -> CompiledSQL:
-    sql = compiled.sql.replace("%(data)s", "%(data)b")
-    if sql.count("%(data)b") != 1:  # pragma: no cover - guards a change in SQLAlchemy
+    sql = compiled.sql.replace("%(wf_data)s", "%(wf_data)b")
+    if sql.count("%(wf_data)b") != 1:  # pragma: no cover - guards a change in SQLAlchemy
         return compiled
     return CompiledSQL(sql, compiled.positional, compiled.defaults)
 

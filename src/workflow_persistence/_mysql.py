@@ -2,35 +2,59 @@
 
 A statement larger than ``max_allowed_packet`` makes the server drop the connection
 (error 2006, the same as an outage) instead of answering with an error, so the size is
-checked on our side first. The drivers send blobs escaped inside the statement text:
-each of seven special bytes (NUL, newline, CR, Ctrl-Z, quotes, backslash) takes two.
+checked on our side first.
+
+The MySQL drivers send a blob inside the statement text, and how much room it takes
+depends on the driver: PyMySQL 1.2+ writes ``_binary X'<hex>'`` (two bytes per byte);
+older PyMySQL and mysqlclient escape seven special bytes (NUL, newline, CR, Ctrl-Z,
+quotes, backslash) with a backslash. The driver's own escaper is asked once per
+connection which way it goes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .errors import PayloadTooLargeError
 
 _LIMIT_KEY = "workflow_persistence.max_allowed_packet"
+_SIZER_KEY = "workflow_persistence.escaped_size"
 _SPECIAL_BYTES = (b"\x00", b"\n", b"\r", b"\x1a", b"'", b'"', b"\\")
 # Room for the statement text, an escaped 255-character id and the timestamps.
 _STATEMENT_OVERHEAD = 4096
 
+Sizer = Callable[[bytes | bytearray | memoryview], int]
 
-def escaped_size(data: bytes | bytearray | memoryview) -> int:
-    """Bytes ``data`` takes inside a statement once the driver has escaped it."""
+
+def backslash_escaped_size(data: bytes | bytearray | memoryview) -> int:
+    """Room ``data`` takes when each special byte is escaped with a backslash."""
     raw = bytes(data) if isinstance(data, memoryview) else data
-    return len(raw) + sum(raw.count(special) for special in _SPECIAL_BYTES)
+    return len(raw) + sum(raw.count(special) for special in _SPECIAL_BYTES) + 16
+
+
+def hex_escaped_size(data: bytes | bytearray | memoryview) -> int:
+    """Room ``data`` takes as a hex literal: two characters per byte."""
+    return 2 * len(data) + 16
+
+
+def _sizer_for(dbapi_connection: Any) -> Sizer:
+    """How this driver escapes a blob, learned from its own escaper."""
+    escape = getattr(dbapi_connection, "escape", None) or getattr(dbapi_connection, "literal", None)
+    if escape is None:
+        return hex_escaped_size  # unknown driver: assume the larger form
+    growth = len(escape(b"a" * 64)) - len(escape(b"a" * 32))
+    return hex_escaped_size if growth >= 64 else backslash_escaped_size
 
 
 def check_packet_size(connection: Any, data: bytes | bytearray | memoryview) -> None:
     """Raise PayloadTooLargeError if a save of ``data`` would exceed the server's limit.
 
-    ``connection`` is SQLAlchemy's pooled connection; the limit is read once per
-    physical connection and kept in its ``info``.
+    ``connection`` is SQLAlchemy's pooled connection; what is learned about the server
+    and the driver is kept in its ``info``, once per physical connection.
     """
-    limit = connection.info.get(_LIMIT_KEY)
+    info = connection.info
+    limit = info.get(_LIMIT_KEY)
     if limit is None:
         cursor = connection.cursor()
         try:
@@ -38,16 +62,17 @@ def check_packet_size(connection: Any, data: bytes | bytearray | memoryview) -> 
             limit = int(cursor.fetchone()[0])
         finally:
             cursor.close()
-        connection.info[_LIMIT_KEY] = limit
-    size = len(data)
-    if 2 * size + _STATEMENT_OVERHEAD <= limit:  # the common case: no need to count
+        info[_LIMIT_KEY] = limit
+        info[_SIZER_KEY] = _sizer_for(connection.dbapi_connection)
+    if 2 * len(data) + 16 + _STATEMENT_OVERHEAD <= limit:  # the common case: no counting
         return
-    needed = escaped_size(data) + _STATEMENT_OVERHEAD
+    needed = info[_SIZER_KEY](data) + _STATEMENT_OVERHEAD
     if needed > limit:
         raise PayloadTooLargeError(
             f"the snapshot takes {needed} bytes in the statement, more than the server's"
-            f" max_allowed_packet of {limit}; raise max_allowed_packet on the server or"
-            " store less state. Nothing was written.",
+            f" max_allowed_packet of {limit} (the MySQL driver sends {len(data)} bytes of"
+            " data escaped or as hex); raise max_allowed_packet on the server or store"
+            " less state. Nothing was written.",
             size=needed,
             limit=limit,
         )

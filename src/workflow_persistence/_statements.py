@@ -90,8 +90,8 @@ class TableStatements:
         self.family = family
         c = table.c
         values = {
-            "workflow_id": bindparam("workflow_id"),
-            "data": bindparam("data"),
+            "workflow_id": bindparam("wf_id"),
+            "data": bindparam("wf_data"),
             "version": literal_column("1"),
             "created_at": bindparam("now"),
             "updated_at": bindparam("now"),
@@ -123,11 +123,13 @@ class TableStatements:
                 },
             ).returning(c.version)
             self.insert_new = ins.on_conflict_do_nothing(index_elements=[c.workflow_id])
-        by_id: ColumnElement[bool] = c.workflow_id == bindparam("workflow_id")
+        # SQLAlchemy keeps an INSERT's rowcount only when asked to.
+        self.insert_new = self.insert_new.execution_options(preserve_rowcount=True)
+        by_id: ColumnElement[bool] = c.workflow_id == bindparam("wf_id")
         self.update_if_version: Update = (
             update(table)
             .where(by_id, c.version == bindparam("expected_version"))
-            .values(data=bindparam("data"), version=c.version + one, updated_at=bindparam("now"))
+            .values(data=bindparam("wf_data"), version=c.version + one, updated_at=bindparam("now"))
         )
         self.select_record: Select[Any] = select(
             c.data, c.version, c.created_at, c.updated_at
@@ -156,7 +158,8 @@ class TableStatements:
     def select_infos(self, *, before: bool, limited: bool) -> Select[Any]:
         """Listing without ``data``, newest first, served by the ``updated_at`` index.
 
-        Parameters: ``:before`` when ``before``, ``:limit`` when ``limited``.
+        Parameters: ``:before`` when ``before``, ``:limit`` when ``limited``. Parameter names never equal
+        column names (SQLAlchemy reserves those in an UPDATE's SET clause).
         """
         c = self.table.c
         stmt = select(c.workflow_id, c.created_at, c.updated_at, c.version)

@@ -55,15 +55,18 @@ class WorkflowInterruptRepository(Generic[ModelT]):
         statements = self._statements()
         if statements.family == "mysql":
             check_packet_size(self.session.connection().connection, data)
-        params = {"workflow_id": workflow_id, "data": data, "now": utc_now()}
+        params = {"wf_id": workflow_id, "wf_data": data, "now": utc_now()}
         execute = self.session.execute
         if expected is None:
             result: CursorResult[Any] = execute(statements.upsert, params)  # type: ignore[assignment]
-            returned = result.scalar_one() if result.returns_rows else None
-            version = statements.upserted_version(returned, result.lastrowid)
+            if statements.family == "mysql":  # no RETURNING: the version is in lastrowid
+                version = statements.upserted_version(None, result.lastrowid)
+            else:
+                version = statements.upserted_version(result.scalar_one(), None)
         elif expected == 0:
             result = execute(statements.insert_new, params)  # type: ignore[assignment]
-            if not statements.inserted_new(result.rowcount, result.lastrowid):
+            lastrowid = result.lastrowid if statements.family == "mysql" else None
+            if not statements.inserted_new(result.rowcount, lastrowid):
                 raise version_conflict(workflow_id, 0, None)
             version = 1
         else:
@@ -82,14 +85,14 @@ class WorkflowInterruptRepository(Generic[ModelT]):
 
     def exists(self, workflow_id: str) -> bool:
         workflow_id = check_workflow_id(workflow_id)
-        params = {"workflow_id": workflow_id}
+        params = {"wf_id": workflow_id}
         return self.session.execute(self._statements().select_version, params).first() is not None
 
     def delete(self, workflow_id: str) -> bool:
         """Delete the row; True if there was one."""
         workflow_id = check_workflow_id(workflow_id)
         result: CursorResult[Any] = self.session.execute(  # type: ignore[assignment]
-            self._statements().delete_one, {"workflow_id": workflow_id}
+            self._statements().delete_one, {"wf_id": workflow_id}
         )
         self._forget(workflow_id, expunge=True)
         return result.rowcount > 0

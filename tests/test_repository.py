@@ -1,0 +1,229 @@
+"""WorkflowInterruptRepository inside a caller's Session and transaction, on each database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from workflow_persistence import (
+    ConflictError,
+    InvalidArgumentError,
+    InvalidWorkflowIdError,
+    PayloadTooLargeError,
+    WorkflowInterrupt,
+    WorkflowInterruptRepository,
+)
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    with Session(engine) as session:
+        yield session
+
+
+def _repo(session: Session) -> WorkflowInterruptRepository[WorkflowInterrupt]:
+    return WorkflowInterruptRepository(session)
+
+
+def _stored(engine: Engine, workflow_id: str) -> tuple[bytes, int] | None:
+    """What another connection sees: committed data only."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(WorkflowInterrupt.data, WorkflowInterrupt.version).where(
+                WorkflowInterrupt.workflow_id == workflow_id
+            )
+        ).first()
+    return None if row is None else (bytes(row[0]), row[1])
+
+
+class StatementCounter:
+    """Counts the statements SQLAlchemy sends on an engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.statements: list[str] = []
+
+    def __enter__(self) -> StatementCounter:
+        event.listen(self.engine, "before_cursor_execute", self._record)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._record)
+
+    def _record(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.statements.append(statement)
+
+
+def test_upsert_returns_versions_and_get_reads_them(session: Session) -> None:
+    repo = _repo(session)
+    assert repo.upsert("w", b"one") == 1
+    assert repo.upsert("w", b"two") == 2
+    row = repo.get("w")
+    assert row is not None
+    assert (row.data, row.version) == (b"two", 2)
+    assert row.created_at.tzinfo is not None and row.updated_at >= row.created_at
+    assert repo.get("missing") is None
+
+
+def test_upsert_accepts_any_bytes_like(session: Session) -> None:
+    repo = _repo(session)
+    repo.upsert("w", bytearray(b"\x00\x01"))
+    repo.upsert("v", memoryview(b"\xff\xfe"))
+    assert repo.get("w").data == b"\x00\x01"  # type: ignore[union-attr]
+    assert repo.get("v").data == b"\xff\xfe"  # type: ignore[union-attr]
+    with pytest.raises(InvalidArgumentError):
+        repo.upsert("w", "text")  # type: ignore[arg-type]
+
+
+def test_repository_never_commits(engine: Engine, session: Session) -> None:
+    _repo(session).upsert("w", b"data")
+    assert _stored(engine, "w") is None  # the caller has not committed yet
+    session.commit()
+    assert _stored(engine, "w") == (b"data", 1)
+
+
+def test_rollback_undoes_insert_and_update(engine: Engine, session: Session) -> None:
+    repo = _repo(session)
+    repo.upsert("w", b"kept")
+    session.commit()
+    repo.upsert("w", b"discarded")
+    repo.upsert("new", b"discarded")
+    session.rollback()
+    assert _stored(engine, "w") == (b"kept", 1)
+    assert _stored(engine, "new") is None
+
+
+def test_upsert_shares_the_callers_transaction(engine: Engine, session: Session) -> None:
+    """The snapshot and the app's own writes commit, or roll back, together."""
+    repo = _repo(session)
+    with session.begin():
+        repo.upsert("w", b"with-app-write")
+        session.execute(
+            sa.update(WorkflowInterrupt)
+            .where(WorkflowInterrupt.workflow_id == "w")
+            .values(version=WorkflowInterrupt.version + 10)
+        )
+    assert _stored(engine, "w") == (b"with-app-write", 11)
+
+
+@pytest.mark.parametrize("case", ["new", "existing", "expected-0", "expected-n"])
+def test_one_statement_per_upsert(engine: Engine, session: Session, case: str) -> None:
+    repo = _repo(session)
+    repo.upsert("warm-up", b"x")  # MySQL reads max_allowed_packet once per connection
+    if case in ("existing", "expected-n"):
+        repo.upsert("w", b"v1")
+    with StatementCounter(engine) as counter:
+        if case == "new":
+            version = repo.upsert("w", b"v1")
+        elif case == "existing":
+            version = repo.upsert("w", b"v2")
+        elif case == "expected-0":
+            version = repo.upsert("w", b"v1", expected_version=0)
+        else:
+            version = repo.upsert("w", b"v2", expected_version=1)
+    assert len(counter.statements) == 1, counter.statements
+    assert counter.statements[0].lstrip().upper().startswith(("INSERT", "UPDATE"))
+    assert version == (1 if case in ("new", "expected-0") else 2)
+    session.commit()
+    assert _stored(engine, "w") == ((b"v1", 1) if version == 1 else (b"v2", 2))
+
+
+def test_conflicts_raise_and_change_nothing(engine: Engine, session: Session) -> None:
+    repo = _repo(session)
+    repo.upsert("w", b"v1")
+    repo.upsert("w", b"v2")
+    with pytest.raises(ConflictError):
+        repo.upsert("w", b"stale", expected_version=1)
+    with pytest.raises(ConflictError):
+        repo.upsert("w", b"stale", expected_version=0)
+    with pytest.raises(ConflictError):
+        repo.upsert("missing", b"stale", expected_version=3)
+    # The conflicts raised no database error, so the transaction is still usable
+    # (on PostgreSQL an error would have aborted it).
+    assert repo.upsert("w", b"v3", expected_version=2) == 3
+    session.commit()
+    assert _stored(engine, "w") == (b"v3", 3)
+    assert _stored(engine, "missing") is None
+
+
+def test_get_reflects_core_writes_in_the_same_session(session: Session) -> None:
+    repo = _repo(session)
+    repo.upsert("w", b"one")
+    first = repo.get("w")
+    repo.upsert("w", b"two")
+    second = repo.get("w")
+    assert second is first  # the session's identity map still holds one instance...
+    assert (second.data, second.version) == (b"two", 2)  # ...with fresh contents
+    assert session.get(WorkflowInterrupt, "w").version == 2  # type: ignore[union-attr]
+
+
+def test_delete(session: Session) -> None:
+    repo = _repo(session)
+    repo.upsert("w", b"x")
+    held = repo.get("w")
+    assert repo.exists("w")
+    assert repo.delete("w") is True
+    assert repo.delete("w") is False
+    assert not repo.exists("w")
+    assert repo.get("w") is None
+    assert held not in session  # the deleted row's instance left the session
+
+
+def test_list_and_delete_older_than(engine: Engine, session: Session) -> None:
+    repo = _repo(session)
+    for wid in ("a", "b", "c"):
+        repo.upsert(wid, b"x")
+    cutoff = datetime.now(UTC) + timedelta(seconds=1)
+    repo.upsert("later", b"x")
+    session.execute(
+        sa.update(WorkflowInterrupt)
+        .where(WorkflowInterrupt.workflow_id == "later")
+        .values(updated_at=cutoff + timedelta(minutes=1))
+    )
+    assert [i.workflow_id for i in repo.list()][0] == "later"
+    assert [i.workflow_id for i in repo.list(limit=1)] == ["later"]
+    assert {i.workflow_id for i in repo.list(updated_before=cutoff)} == {"a", "b", "c"}
+    old = repo.get("a")
+    assert repo.delete_older_than(cutoff, limit=2) == 2
+    assert repo.delete_older_than(cutoff) == 1
+    assert old not in session
+    session.commit()
+    assert [i.workflow_id for i in repo.list()] == ["later"]
+
+
+def test_bad_arguments_fail_before_any_statement(engine: Engine, session: Session) -> None:
+    repo = _repo(session)
+    with StatementCounter(engine) as counter:
+        for bad in ("", "x" * 256, None, 7):
+            with pytest.raises(InvalidWorkflowIdError):
+                repo.upsert(bad, b"x")  # type: ignore[arg-type]
+            with pytest.raises(InvalidWorkflowIdError):
+                repo.get(bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError):
+            repo.upsert("w", b"x", expected_version=-1)
+        with pytest.raises(InvalidArgumentError):
+            repo.delete_older_than(datetime(2026, 1, 1))
+    assert counter.statements == []
+
+
+@pytest.mark.parametrize("db_kind", ["mariadb"])  # max_allowed_packet is MariaDB's
+def test_oversized_payload_on_mariadb_leaves_the_row_intact(
+    engine: Engine, session: Session
+) -> None:
+    repo = _repo(session)
+    repo.upsert("w", b"small")
+    session.commit()
+    limit = session.execute(sa.text("SELECT @@max_allowed_packet")).scalar_one()
+    with pytest.raises(PayloadTooLargeError) as caught:
+        repo.upsert("w", b"\x00" * (limit // 2 + 1))  # sent as hex or escaped: twice the size
+    assert caught.value.limit == limit
+    assert repo.get("w").data == b"small"  # type: ignore[union-attr]
+    assert repo.upsert("w", b"after") == 2  # the session and its connection still work
+    session.commit()
