@@ -2,23 +2,32 @@
 
 The URL comes from ``-x url=...``, else ``$WORKFLOW_PERSISTENCE_URL``, else a local
 SQLite file. The revision is recorded in ``workflow_persistence_alembic_version``.
+Offline (``--sql``) the SQL is written for the URL's dialect: give a ``mariadb://`` URL
+for MariaDB, whose id collation differs from MySQL's.
 """
 
 from __future__ import annotations
 
+from logging.config import fileConfig
+
 from alembic import context
 from sqlalchemy import Connection
+from sqlalchemy.engine import URL
 
 from workflow_persistence._database import make_engine
-from workflow_persistence.migrations import VERSION_TABLE, resolve_url
+from workflow_persistence.migrations import VERSION_TABLE, render_item, resolve_url
 from workflow_persistence.models import metadata
 
 config = context.config
 
+if config.config_file_name is not None:  # the alembic command line, with alembic.ini
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-def _url() -> str:
+
+def _url() -> str | URL:
+    # A URL object stays one: str(URL) masks its password as "***".
     given = context.get_x_argument(as_dictionary=True).get("url")
-    return str(given or config.attributes.get("url") or resolve_url())
+    return given or config.attributes.get("url") or resolve_url()
 
 
 def _configure(connection: Connection | None = None) -> None:
@@ -28,6 +37,7 @@ def _configure(connection: Connection | None = None) -> None:
         target_metadata=metadata,
         version_table=VERSION_TABLE,
         compare_type=True,
+        render_item=render_item,
         render_as_batch=connection is not None and connection.dialect.name == "sqlite",
     )
 

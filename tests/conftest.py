@@ -206,7 +206,7 @@ def persistence_factory(
 
     The storage is emptied before the first one; later ones share it.
     """
-    made = []
+    made: list[Persistence] = []
 
     def make(serializer: Any = None) -> Persistence:
         made.append(make_persistence(backend, request, tmp_path, serializer, clear=not made))

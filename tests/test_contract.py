@@ -195,6 +195,8 @@ BAD_IDS = [
     pytest.param(None, id="none"),
     pytest.param(42, id="int"),
     pytest.param(b"bytes", id="bytes"),
+    pytest.param("nul\x00inside", id="nul"),
+    pytest.param("lone \ud800 surrogate", id="lone-surrogate"),
 ]
 
 

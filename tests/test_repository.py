@@ -159,6 +159,7 @@ def test_get_reflects_core_writes_in_the_same_session(session: Session) -> None:
     first = repo.get("w")
     repo.upsert("w", b"two")
     second = repo.get("w")
+    assert second is not None
     assert second is first  # the session's identity map still holds one instance...
     assert (second.data, second.version) == (b"two", 2)  # ...with fresh contents
     assert session.get(WorkflowInterrupt, "w").version == 2  # type: ignore[union-attr]
@@ -187,7 +188,7 @@ def test_list_and_delete_older_than(engine: Engine, session: Session) -> None:
         .where(WorkflowInterrupt.workflow_id == "later")
         .values(updated_at=cutoff + timedelta(minutes=1))
     )
-    assert [i.workflow_id for i in repo.list()][0] == "later"
+    assert repo.list()[0].workflow_id == "later"
     assert [i.workflow_id for i in repo.list(limit=1)] == ["later"]
     assert {i.workflow_id for i in repo.list(updated_before=cutoff)} == {"a", "b", "c"}
     old = repo.get("a")

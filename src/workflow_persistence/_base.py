@@ -40,10 +40,7 @@ def version_conflict(
     workflow_id: str, expected_version: int, stored_version: int | None
 ) -> ConflictError:
     """The ConflictError of a failed compare-and-set; ``stored_version`` None if unknown."""
-    if expected_version == 0:
-        wanted = "no stored record"
-    else:
-        wanted = f"stored version {expected_version}"
+    wanted = "no stored record" if expected_version == 0 else f"stored version {expected_version}"
     if stored_version is None:
         found = "the record has moved on or is missing"
     elif stored_version == 0:
@@ -98,9 +95,14 @@ class RecordPersistence(Persistence):
 
     @abstractmethod
     def _write(
-        self, workflow_id: str, data: bytes, now: datetime, expected_version: int | None
-    ) -> int:
-        """Store ``data`` atomically; return the new version or raise ConflictError."""
+        self, workflow_id: str, data: bytes, expected_version: int | None
+    ) -> tuple[int, datetime]:
+        """Store ``data`` atomically; return ``(new version, updated_at)``.
+
+        Raise ConflictError on a failed compare-and-set. ``updated_at`` is taken when the
+        write happens (under the backend's lock, if it has one), so a later version never
+        carries an earlier time.
+        """
 
     @abstractmethod
     def _read(self, workflow_id: str) -> Record | None: ...
@@ -126,12 +128,11 @@ class RecordPersistence(Persistence):
         workflow_id = check_workflow_id(snapshot.workflow_id)
         expected = check_expected_version(expected_version)
         data = self.serializer.dumps(snapshot)
-        now = utc_now()
-        version = self._write(workflow_id, data, now, expected)
+        version, updated_at = self._write(workflow_id, data, expected)
         snapshot.version = version
-        snapshot.updated_at = now
+        snapshot.updated_at = updated_at
         if version == 1:
-            snapshot.created_at = now
+            snapshot.created_at = updated_at
         return version
 
     def load(self, workflow_id: str) -> WorkflowSnapshot:

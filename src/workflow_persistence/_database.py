@@ -29,7 +29,7 @@ from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 from . import _mysql
 from ._base import Record, RecordPersistence, version_conflict
 from ._serializers import Serializer
-from ._snapshot import StoredSnapshotInfo
+from ._snapshot import StoredSnapshotInfo, utc_now
 from ._statements import (
     PRUNE_BATCH,
     CompiledSQL,
@@ -178,7 +178,10 @@ class _Leases:
                 f"cannot connect to the database {self.engine.url!r}: {_first_line(exc)}"
             ) from exc
         try:
-            self.engine.dialect.set_isolation_level(conn.dbapi_connection, "AUTOCOMMIT")
+            dbapi_connection = conn.dbapi_connection
+            if dbapi_connection is None:
+                raise RuntimeError("the pool handed out a closed connection")
+            self.engine.dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
         except Exception as exc:
             conn.invalidate(exc)
             conn.close()
@@ -393,7 +396,7 @@ class DatabasePersistence(RecordPersistence):
     def _is_disconnect(self, conn: PoolProxiedConnection, exc: BaseException) -> bool:
         dialect = self.engine.dialect
         return isinstance(exc, dialect.loaded_dbapi.Error) and bool(
-            dialect.is_disconnect(exc, conn.dbapi_connection, None)  # type: ignore[arg-type]
+            dialect.is_disconnect(exc, conn.dbapi_connection, None)
         )
 
     def _failed(self, conn: PoolProxiedConnection, exc: BaseException) -> BaseException:
@@ -403,6 +406,12 @@ class DatabasePersistence(RecordPersistence):
         if not isinstance(exc, dbapi.Error):
             self._leases.discard(conn, exc)
             return exc
+        if _is_missing_table(exc):  # before OperationalError: SQLite reports it as one
+            self._leases.release(conn)
+            return PersistenceError(
+                f"the table {self.table.name!r} does not exist: run `workflow-persistence"
+                " migrate` (or your Alembic upgrade), or pass create_table=True"
+            )
         if dialect.is_disconnect(exc, conn.dbapi_connection, None) or isinstance(
             exc, dbapi.OperationalError | dbapi.InterfaceError
         ):
@@ -413,40 +422,36 @@ class DatabasePersistence(RecordPersistence):
         self._leases.release(conn)
         if _is_too_large(exc):
             return PayloadTooLargeError(f"the database refused the snapshot: {exc}")
-        if _is_missing_table(exc):
-            return PersistenceError(
-                f"the table {self.table.name!r} does not exist: run `workflow-persistence"
-                " migrate` (or your Alembic upgrade), or pass create_table=True"
-            )
         return PersistenceError(f"database error: {_first_line(exc)}")
 
     # -- RecordPersistence --------------------------------------------------------------
 
     def _write(
-        self, workflow_id: str, data: bytes, now: datetime, expected_version: int | None
-    ) -> int:
-        def write(cursor: Any, conn: PoolProxiedConnection, plan: _Plan) -> int:
+        self, workflow_id: str, data: bytes, expected_version: int | None
+    ) -> tuple[int, datetime]:
+        def write(cursor: Any, conn: PoolProxiedConnection, plan: _Plan) -> tuple[int, datetime]:
             if plan.family == "mysql":
                 _mysql.check_packet_size(conn, data)
             elif plan.family == "sqlite":
                 _check_sqlite_length(conn.dbapi_connection, data)
+            now = utc_now()
             values = {"wf_id": workflow_id, "wf_data": data, "now": plan.to_db(now)}
             if expected_version is None:
                 cursor.execute(plan.upsert.sql, plan.upsert.params(values))
                 if plan.family == "mysql":
-                    return plan.statements.upserted_version(None, cursor.lastrowid)
-                return int(cursor.fetchone()[0])
+                    return plan.statements.upserted_version(None, cursor.lastrowid), now
+                return int(cursor.fetchone()[0]), now
             if expected_version == 0:
                 cursor.execute(plan.insert_new.sql, plan.insert_new.params(values))
                 lastrowid = cursor.lastrowid if plan.family == "mysql" else None
                 if not plan.statements.inserted_new(cursor.rowcount, lastrowid):
                     raise version_conflict(workflow_id, 0, None)
-                return 1
+                return 1, now
             values["expected_version"] = expected_version
             cursor.execute(plan.update_if_version.sql, plan.update_if_version.params(values))
             if cursor.rowcount != 1:
                 raise version_conflict(workflow_id, expected_version, None)
-            return expected_version + 1
+            return expected_version + 1, now
 
         return self._run(write)  # type: ignore[no-any-return]
 

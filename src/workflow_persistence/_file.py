@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ._base import Record, RecordPersistence, version_conflict
 from ._serializers import Serializer
-from ._snapshot import StoredSnapshotInfo
+from ._snapshot import StoredSnapshotInfo, utc_now
 from .errors import CorruptSnapshotError, PayloadTooLargeError, StorageUnavailableError
 
 __all__ = ["FilePersistence"]
@@ -35,6 +35,8 @@ _SUFFIX = ".wfp"
 _TEMP_PREFIX = ".tmp-"
 _LOCK_NAME = ".lock"
 _MAGIC = b"wfp-file 1 "
+#: Longest header line read; a valid one (255 escaped 4-byte characters) is ~3.2 KiB.
+_MAX_HEADER = 64 * 1024
 _SLUG_UNSAFE = re.compile(r"[^a-z0-9_-]+")
 
 try:  # POSIX
@@ -92,7 +94,12 @@ class FilePersistence(RecordPersistence):
     def _locked(self) -> Iterator[None]:
         """Exclusive against every writer of this directory, in any thread or process."""
         with self._thread_lock:  # flock is per open file; this keeps threads orderly too
-            fd = os.open(self.directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fd = os.open(self.directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise StorageUnavailableError(
+                    f"cannot lock the snapshot directory {str(self.directory)!r}: {exc}"
+                ) from exc
             try:
                 _lock_fd(fd)
                 try:
@@ -105,9 +112,9 @@ class FilePersistence(RecordPersistence):
     def _sweep_temp_files(self) -> None:
         # Writers hold the lock from creating a temp file to renaming it, so under the
         # lock every temp file is a leftover of a writer that died.
-        for entry in os.scandir(self.directory):
+        for entry in _entries(self.directory):
             if entry.name.startswith(_TEMP_PREFIX):
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):  # e.g. a directory of that name: not ours
                     os.unlink(entry.path)
 
     # -- records ------------------------------------------------------------------------
@@ -116,11 +123,18 @@ class FilePersistence(RecordPersistence):
         return self.directory / file_name(workflow_id)
 
     def _write(
-        self, workflow_id: str, data: bytes, now: datetime, expected_version: int | None
-    ) -> int:
+        self, workflow_id: str, data: bytes, expected_version: int | None
+    ) -> tuple[int, datetime]:
         path = self._path(workflow_id)
         with self._locked():
-            current = _read_header(path, workflow_id)
+            now = utc_now()
+            try:
+                current = _read_header(path, workflow_id)
+            except CorruptSnapshotError as exc:
+                raise CorruptSnapshotError(
+                    f"cannot save {workflow_id!r} over a damaged snapshot file ({exc});"
+                    " delete() removes it"
+                ) from exc
             stored_version = 0 if current is None else current[0]
             if expected_version is not None and expected_version != stored_version:
                 raise version_conflict(workflow_id, expected_version, stored_version)
@@ -128,12 +142,16 @@ class FilePersistence(RecordPersistence):
             version = stored_version + 1
             header = _encode_header(workflow_id, version, created_at, now)
             self._replace(path, header, data)
-            return version
+            return version, now
 
     def _replace(self, path: Path, header: bytes, data: bytes) -> None:
         temp = path.with_name(f"{_TEMP_PREFIX}{os.getpid()}-{path.name}")
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            # A leftover of that name (a dead writer with our pid) is removed, and the new
+            # file is created exclusively: it is ours, 0o600, and never a symlink's target.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 with open(fd, "wb", closefd=False) as out:
                     out.write(header)
@@ -158,7 +176,8 @@ class FilePersistence(RecordPersistence):
         path = self._path(workflow_id)
         try:
             with open(path, "rb") as f:
-                stored_id, version, created_at, updated_at = _decode_header(f.readline(), path)
+                line = f.readline(_MAX_HEADER)
+                stored_id, version, created_at, updated_at = _decode_header(line, path)
                 if stored_id != workflow_id:  # a SHA-256 collision, or a file copied by hand
                     return None
                 return f.read(), version, created_at, updated_at
@@ -170,17 +189,28 @@ class FilePersistence(RecordPersistence):
     def _remove(self, workflow_id: str) -> bool:
         path = self._path(workflow_id)
         with self._locked():
-            if _read_header(path, workflow_id) is None:
+            try:
+                if _read_header(path, workflow_id) is None:
+                    return False
+            except CorruptSnapshotError:
+                pass  # a damaged file under this id's name: deleting it is the way out
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
                 return False
-            os.unlink(path)
+            except OSError as exc:
+                raise StorageUnavailableError(f"cannot delete {str(path)!r}: {exc}") from exc
         _fsync_directory(self.directory)
         return True
 
     def _contains(self, workflow_id: str) -> bool:
-        return _read_header(self._path(workflow_id), workflow_id) is not None
+        try:
+            return _read_header(self._path(workflow_id), workflow_id) is not None
+        except CorruptSnapshotError:
+            return True  # something is stored under this id; load() reports the damage
 
     def _scan(self) -> Iterator[tuple[Path, StoredSnapshotInfo]]:
-        for entry in os.scandir(self.directory):
+        for entry in _entries(self.directory):
             if not entry.name.endswith(_SUFFIX) or entry.name.startswith("."):
                 continue
             info = _read_info(Path(entry.path))
@@ -203,9 +233,15 @@ class FilePersistence(RecordPersistence):
         with self._locked():
             for path, info in list(self._scan()):
                 if info.updated_at < cutoff:
-                    with contextlib.suppress(FileNotFoundError):
+                    try:
                         os.unlink(path)
-                        removed += 1
+                    except FileNotFoundError:
+                        continue
+                    except OSError as exc:
+                        raise StorageUnavailableError(
+                            f"cannot delete {str(path)!r}: {exc}"
+                        ) from exc
+                    removed += 1
         if removed:
             _fsync_directory(self.directory)
         return removed
@@ -229,20 +265,27 @@ def _decode_header(line: bytes, path: Path) -> tuple[str, int, datetime, datetim
         raise CorruptSnapshotError(f"{str(path)!r} is not a snapshot file of this library")
     try:
         fields = json.loads(line[len(_MAGIC) :])
-        return (
-            fields["id"],
-            int(fields["version"]),
-            datetime.fromisoformat(fields["created_at"]),
-            datetime.fromisoformat(fields["updated_at"]),
-        )
+        stored_id = fields["id"]
+        version = fields["version"]
+        created = datetime.fromisoformat(fields["created_at"])
+        updated = datetime.fromisoformat(fields["updated_at"])
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptSnapshotError(f"damaged header in {str(path)!r}: {exc}") from exc
+    if (
+        not isinstance(stored_id, str)
+        or type(version) is not int
+        or version < 1
+        or created.utcoffset() is None
+        or updated.utcoffset() is None
+    ):
+        raise CorruptSnapshotError(f"damaged header in {str(path)!r}: unexpected field values")
+    return stored_id, version, created, updated
 
 
 def _first_line(path: Path) -> bytes | None:
     try:
         with open(path, "rb") as f:
-            return f.readline(64 * 1024)
+            return f.readline(_MAX_HEADER)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -265,7 +308,19 @@ def _read_info(path: Path) -> StoredSnapshotInfo | None:
         stored_id, version, created, updated = _decode_header(line, path)
     except CorruptSnapshotError:
         return None  # list what can be listed; load() reports the damage
+    if path.name != file_name(stored_id):
+        return None  # copied or renamed by hand: load() would not find it under that id
     return StoredSnapshotInfo(stored_id, created, updated, version)
+
+
+def _entries(directory: Path) -> builtins.list[os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as entries:
+            return builtins.list(entries)
+    except OSError as exc:
+        raise StorageUnavailableError(
+            f"cannot read the snapshot directory {str(directory)!r}: {exc}"
+        ) from exc
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from ._base import Record, RecordPersistence, version_conflict
 from ._serializers import Serializer
-from ._snapshot import StoredSnapshotInfo
+from ._snapshot import StoredSnapshotInfo, utc_now
 
 __all__ = ["InMemoryPersistence"]
 
@@ -25,16 +25,17 @@ class InMemoryPersistence(RecordPersistence):
         self._lock = threading.Lock()
 
     def _write(
-        self, workflow_id: str, data: bytes, now: datetime, expected_version: int | None
-    ) -> int:
+        self, workflow_id: str, data: bytes, expected_version: int | None
+    ) -> tuple[int, datetime]:
         with self._lock:
+            now = utc_now()
             current = self._records.get(workflow_id)
             stored_version = 0 if current is None else current[1]
             if expected_version is not None and expected_version != stored_version:
                 raise version_conflict(workflow_id, expected_version, stored_version)
             created_at = now if current is None else current[2]
             self._records[workflow_id] = (data, stored_version + 1, created_at, now)
-            return stored_version + 1
+            return stored_version + 1, now
 
     def _read(self, workflow_id: str) -> Record | None:
         return self._records.get(workflow_id)

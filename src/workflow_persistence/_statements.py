@@ -29,7 +29,6 @@ from sqlalchemy import (
     ColumnElement,
     Delete,
     Dialect,
-    Executable,
     Insert,
     Select,
     Table,
@@ -42,8 +41,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.postgresql import dml as postgresql_dml
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import dml as sqlite_dml
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.elements import ClauseElement
 
 from ._types import UTCDateTime
 from .errors import PersistenceError
@@ -53,6 +55,7 @@ __all__ = ["PRUNE_BATCH", "CompiledSQL", "TableStatements", "family_of", "statem
 #: Rows deleted per prune statement: short statements, short locks.
 PRUNE_BATCH = 1000
 
+_ONE: ColumnElement[int] = literal_column("1")  # inline, so no statement carries a parameter for it
 _FAMILIES = {"postgresql": "postgresql", "sqlite": "sqlite", "mysql": "mysql", "mariadb": "mysql"}
 
 
@@ -89,47 +92,19 @@ class TableStatements:
         self.table = table
         self.family = family
         c = table.c
-        values = {
-            "workflow_id": bindparam("wf_id"),
-            "data": bindparam("wf_data"),
-            "version": literal_column("1"),
-            "created_at": bindparam("now"),
-            "updated_at": bindparam("now"),
-        }
-        one = literal_column("1")
-        self.upsert: Insert
-        self.insert_new: Insert
         if family == "mysql":
-            ins = mysql_insert(table).values(**values)
-            self.upsert = ins.on_duplicate_key_update(
-                [
-                    ("data", ins.inserted.data),
-                    ("updated_at", ins.inserted.updated_at),
-                    ("version", func.last_insert_id(c.version + one)),
-                ]
-            )
-            self.insert_new = ins.on_duplicate_key_update(
-                [("version", func.last_insert_id(c.version))]
-            )
+            self.upsert, self.insert_new = self._mysql_inserts()
         else:
-            make_insert = postgresql_insert if family == "postgresql" else sqlite_insert
-            ins = make_insert(table).values(**values)
-            self.upsert = ins.on_conflict_do_update(
-                index_elements=[c.workflow_id],
-                set_={
-                    "data": ins.excluded.data,
-                    "version": c.version + one,
-                    "updated_at": ins.excluded.updated_at,
-                },
-            ).returning(c.version)
-            self.insert_new = ins.on_conflict_do_nothing(index_elements=[c.workflow_id])
+            self.upsert, self.insert_new = self._on_conflict_inserts()
         # SQLAlchemy keeps an INSERT's rowcount only when asked to.
         self.insert_new = self.insert_new.execution_options(preserve_rowcount=True)
         by_id: ColumnElement[bool] = c.workflow_id == bindparam("wf_id")
         self.update_if_version: Update = (
             update(table)
             .where(by_id, c.version == bindparam("expected_version"))
-            .values(data=bindparam("wf_data"), version=c.version + one, updated_at=bindparam("now"))
+            .values(
+                data=bindparam("wf_data"), version=c.version + _ONE, updated_at=bindparam("now")
+            )
         )
         self.select_record: Select[Any] = select(
             c.data, c.version, c.created_at, c.updated_at
@@ -137,6 +112,45 @@ class TableStatements:
         self.select_version: Select[Any] = select(c.version).where(by_id)
         self.delete_one: Delete = delete(table).where(by_id)
         self.delete_older_than: Delete = self._delete_older_than(PRUNE_BATCH)
+
+    def _new_row(self) -> dict[str, Any]:
+        return {
+            "workflow_id": bindparam("wf_id"),
+            "data": bindparam("wf_data"),
+            "version": _ONE,
+            "created_at": bindparam("now"),
+            "updated_at": bindparam("now"),
+        }
+
+    def _mysql_inserts(self) -> tuple[Insert, Insert]:
+        c = self.table.c
+        ins = mysql_insert(self.table).values(**self._new_row())
+        upsert = ins.on_duplicate_key_update(
+            [
+                ("data", ins.inserted.data),
+                ("updated_at", ins.inserted.updated_at),
+                ("version", func.last_insert_id(c.version + _ONE)),
+            ]
+        )
+        insert_new = ins.on_duplicate_key_update([("version", func.last_insert_id(c.version))])
+        return upsert, insert_new
+
+    def _on_conflict_inserts(self) -> tuple[Insert, Insert]:
+        c = self.table.c
+        ins: postgresql_dml.Insert | sqlite_dml.Insert
+        if self.family == "postgresql":
+            ins = postgresql_insert(self.table).values(**self._new_row())
+        else:
+            ins = sqlite_insert(self.table).values(**self._new_row())
+        upsert = ins.on_conflict_do_update(
+            index_elements=[c.workflow_id],
+            set_={
+                "data": ins.excluded.data,
+                "version": c.version + _ONE,
+                "updated_at": ins.excluded.updated_at,
+            },
+        ).returning(c.version)
+        return upsert, ins.on_conflict_do_nothing(index_elements=[c.workflow_id])
 
     def _delete_older_than(self, batch: int | None) -> Delete:
         c = self.table.c
@@ -158,8 +172,8 @@ class TableStatements:
     def select_infos(self, *, before: bool, limited: bool) -> Select[Any]:
         """Listing without ``data``, newest first, served by the ``updated_at`` index.
 
-        Parameters: ``:before`` when ``before``, ``:limit`` when ``limited``. Parameter names never equal
-        column names (SQLAlchemy reserves those in an UPDATE's SET clause).
+        Parameters: ``:before`` when ``before``, ``:limit`` when ``limited``. No parameter
+        is named like a column (SQLAlchemy reserves those in an UPDATE's SET clause).
         """
         c = self.table.c
         stmt = select(c.workflow_id, c.created_at, c.updated_at, c.version)
@@ -186,7 +200,7 @@ class TableStatements:
 
     # -- compiled forms for a DBAPI cursor ------------------------------------------------
 
-    def compile(self, stmt: Executable, dialect: Dialect) -> CompiledSQL:
+    def compile(self, stmt: ClauseElement, dialect: Dialect) -> CompiledSQL:
         compiled = stmt.compile(dialect=dialect)
         positional = getattr(compiled, "positiontup", None)
         defaults = {k: v for k, v in compiled.params.items() if v is not None}
@@ -220,6 +234,10 @@ def timestamp_processors(
     Taken from the column type itself, so raw DBAPI calls and ORM reads agree exactly.
     """
     impl = UTCDateTime().dialect_impl(dialect)
-    to_db = impl.bind_processor(dialect) or (lambda value: value)
-    from_db = impl.result_processor(dialect, None) or (lambda value: value)
+    to_db: Callable[[datetime], Any] = impl.bind_processor(dialect) or _unchanged
+    from_db: Callable[[Any], Any] = impl.result_processor(dialect, None) or _unchanged
     return to_db, from_db
+
+
+def _unchanged(value: Any) -> Any:
+    return value

@@ -11,20 +11,24 @@ import base64
 import dataclasses
 import enum
 import json
+import math
 import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 from uuid import UUID
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 
 from . import _framing, migrations
 from ._codec import UnresolvedObject
 from ._database import DatabasePersistence
 from ._serializers import JsonSerializer
+from ._snapshot import Decision, ErrorInfo
 from .errors import CorruptSnapshotError, PersistenceError, WorkflowError
 
 __all__ = ["format_age", "main", "parse_age"]
@@ -33,8 +37,20 @@ _AGE_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)")
 _AGE_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
 
+#: Cutoffs are clamped here: nothing was stored before, and older instants may not fit
+#: a database's datetime type (MySQL's DATETIME starts at year 1000).
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 class CommandError(Exception):
     """A failure worth one line on stderr."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line on stderr, like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
 def parse_age(text: str) -> timedelta:
@@ -45,9 +61,20 @@ def parse_age(text: str) -> timedelta:
             f"not an age: {text!r} (use a number and a unit: 7d, 12h, 30m, 45s, 2w)"
         )
     age = timedelta()
-    for number, unit in _AGE_PART.findall(compact):
-        age += timedelta(**{_AGE_UNITS[unit]: float(number)})
+    try:
+        for number, unit in _AGE_PART.findall(compact):
+            age += timedelta(**{_AGE_UNITS[unit]: float(number)})
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"not an age: {text!r} is too large") from None
     return age
+
+
+def _cutoff(age: timedelta) -> datetime:
+    """The instant ``age`` ago (never before 1970, where no snapshot can be)."""
+    try:
+        return max(datetime.now(UTC) - age, _EARLIEST)
+    except OverflowError:
+        return _EARLIEST
 
 
 def format_age(age: timedelta) -> str:
@@ -62,8 +89,18 @@ def format_age(age: timedelta) -> str:
 
 
 def _persistence(url: str | None) -> DatabasePersistence:
+    """The store the read and delete commands work on; they never create anything."""
+    resolved = migrations.resolve_url(url)
+    try:
+        parsed = make_url(resolved)
+    except sa_exc.ArgumentError:
+        parsed = None  # DatabasePersistence reports it
+    if parsed is not None and parsed.get_backend_name() == "sqlite":
+        path = parsed.database
+        if path and path != ":memory:" and not path.startswith("file:") and not Path(path).exists():
+            raise CommandError(f"no SQLite database at {path}; run `workflow-persistence migrate`")
     serializer = JsonSerializer(unknown_classes="stand-in")
-    return DatabasePersistence(migrations.resolve_url(url), serializer=serializer, create_table=False)
+    return DatabasePersistence(resolved, serializer=serializer, create_table=False)
 
 
 def _iso(value: datetime) -> str:
@@ -72,10 +109,12 @@ def _iso(value: datetime) -> str:
 
 def to_jsonable(value: Any) -> Any:
     """A JSON view of a decoded snapshot value, for people to read."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # JSON has no NaN or Infinity
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, dict):
-        return {str(k) if isinstance(k, str) else repr(k): to_jsonable(v) for k, v in value.items()}
+        return _jsonable_dict(value)
     if isinstance(value, list | tuple):
         return [to_jsonable(v) for v in value]
     if isinstance(value, set | frozenset):
@@ -91,11 +130,33 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, UnresolvedObject):
         return {"__class__": value.class_path, "fields": to_jsonable(value.fields)}
     if isinstance(value, enum.Enum):
-        return {"__enum__": f"{type(value).__qualname__}.{value.name}", "value": to_jsonable(value.value)}
+        name = f"{type(value).__qualname__}.{value.name}"
+        return {"__enum__": name, "value": to_jsonable(value.value)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, Decision | ErrorInfo):  # the snapshot's own parts
+            return fields
         return {"__class__": f"{type(value).__module__}:{type(value).__qualname__}", **fields}
     return repr(value)
+
+
+def _jsonable_dict(value: dict[Any, Any]) -> dict[str, Any]:
+    """JSON keys are strings: other keys show as their repr, kept apart from string keys."""
+    view: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(key, str):
+            name = key
+        else:
+            name = repr(key)
+            while name in value or name in view:  # {1: ..., "1": ...} both stay visible
+                name = f"{name} ({type(key).__name__})"
+        view[name] = to_jsonable(item)
+    return view
+
+
+def _printable(workflow_id: str) -> str:
+    """An id as one line of a table: control characters escaped."""
+    return workflow_id if workflow_id.isprintable() else ascii(workflow_id)[1:-1]
 
 
 def _cmd_migrate(args: argparse.Namespace) -> None:
@@ -109,9 +170,7 @@ def _cmd_migrate(args: argparse.Namespace) -> None:
 
 def _cmd_list(args: argparse.Namespace) -> None:
     with _persistence(args.url) as persistence:
-        before = None
-        if args.older_than is not None:
-            before = datetime.now(UTC) - args.older_than
+        before = None if args.older_than is None else _cutoff(args.older_than)
         infos = persistence.list(updated_before=before, limit=args.limit)
     if args.json:
         rows = [
@@ -128,21 +187,23 @@ def _cmd_list(args: argparse.Namespace) -> None:
     if not infos:
         print("no stored workflows")
         return
-    width = max(len("WORKFLOW ID"), *(len(i.workflow_id) for i in infos))
+    ids = [_printable(i.workflow_id) for i in infos]
+    width = max(len("WORKFLOW ID"), *(len(i) for i in ids))
     print(f"{'WORKFLOW ID':<{width}}  VERSION  UPDATED AT (UTC)                  CREATED AT (UTC)")
-    for i in infos:
-        print(f"{i.workflow_id:<{width}}  {i.version:>7}  {_iso(i.updated_at):<32}  {_iso(i.created_at)}")
+    for shown, i in zip(ids, infos, strict=True):
+        print(f"{shown:<{width}}  {i.version:>7}  {_iso(i.updated_at):<32}  {_iso(i.created_at)}")
 
 
 def _cmd_show(args: argparse.Namespace) -> None:
     with _persistence(args.url) as persistence:
-        record = persistence._read(args.workflow_id)  # noqa: SLF001 - raw bytes, for the header
+        record = persistence._read(args.workflow_id)  # raw bytes: the header, the size
         if record is None:
             raise CommandError(f"no workflow snapshot is stored under id {args.workflow_id!r}")
         data, version, created_at, updated_at = record
         fmt = _framing.format_name(_framing.unframe(data)[0]) if data[:4] == _framing.MAGIC else "?"
         try:
-            snapshot = persistence.load(args.workflow_id)
+            # Decode the bytes just read: a second read could see a newer version.
+            snapshot = persistence.serializer.loads(data)
         except CorruptSnapshotError as exc:
             if fmt == "pickle":
                 raise CommandError(
@@ -180,7 +241,7 @@ def _cmd_delete(args: argparse.Namespace) -> None:
 
 def _cmd_prune(args: argparse.Namespace) -> None:
     with _persistence(args.url) as persistence:
-        removed = persistence.prune(args.older_than)
+        removed = persistence.prune(_cutoff(args.older_than))
     age = format_age(args.older_than)
     print(f"pruned {removed} snapshot{'s' if removed != 1 else ''} not updated for {age}")
 
@@ -192,7 +253,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="workflow-persistence",
         description="Inspect and manage saved workflow snapshots.",
     )
@@ -207,7 +268,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         return sub
 
-    command("demo", "run a human-approval workflow: pause, save, resume in a new process", _cmd_demo)
+    command(
+        "demo", "run a human-approval workflow: pause, save, resume in a new process", _cmd_demo
+    )
     command("migrate", "create or upgrade the workflow_interrupts table", _cmd_migrate)
     listing = command("list", "list stored workflows, most recently updated first", _cmd_list)
     listing.add_argument("--limit", type=int, default=None, help="show at most this many")
@@ -240,6 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # e.g. an Alembic error: still one line, never a traceback
+        print(f"workflow-persistence {args.command}: {type(exc).__name__}: {_first_line(exc)}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -249,8 +316,6 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _safe_url(url: Any) -> str:
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except sa_exc.ArgumentError:

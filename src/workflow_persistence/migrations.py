@@ -6,7 +6,9 @@ it) and ships inside the wheel as ``workflow_persistence/_migrations``. Run on i
 creating its table) it records its revision in its own version table, so it never trips
 over a host app's revisions in ``alembic_version``. A host app with its own Alembic
 environment adds :func:`versions_dir` to its ``version_locations`` instead; its own
-version table then tracks the ``workflow_persistence`` branch like any other.
+version table then tracks the ``workflow_persistence`` branch like any other. Its env.py
+passes :func:`include_name` (autogenerate leaves our table alone) and, when it maps a
+model on ``WorkflowInterruptMixin``, :func:`render_item` (its revisions import our types).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
+from ._types import WorkflowIdType
 from .models import TABLE_NAME
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "current_revision",
     "include_name",
     "include_object",
+    "render_item",
     "resolve_url",
     "script_location",
     "upgrade",
@@ -44,6 +48,7 @@ URL_ENV_VAR = "WORKFLOW_PERSISTENCE_URL"
 DEFAULT_URL = "sqlite:///workflow_persistence.db"
 
 _OUR_TABLES = frozenset({TABLE_NAME, VERSION_TABLE})
+_TYPES_MODULE = WorkflowIdType.__module__
 
 
 def script_location() -> Path:
@@ -92,6 +97,20 @@ def include_object(
     """Alembic ``include_object`` hook: skips our tables whether reflected or declared."""
     table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
     return table not in _OUR_TABLES
+
+
+def render_item(type_: str, obj: Any, autogen_context: Any) -> str | Literal[False]:
+    """Alembic ``render_item`` hook: revisions using our column types import them.
+
+    Autogenerate writes a column built on ``WorkflowInterruptMixin`` as
+    ``workflow_persistence._types.WorkflowIdType(...)`` but adds no import for it, so the
+    revision fails with a NameError. This adds the import and keeps Alembic's rendering.
+    """
+    if type_ == "type":
+        module = type(obj).__module__
+        if module == _TYPES_MODULE and autogen_context.imports is not None:
+            autogen_context.imports.add(f"import {module}")
+    return False
 
 
 def alembic_config(url: str | URL | None = None) -> Any:

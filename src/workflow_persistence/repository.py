@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import builtins
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from sqlalchemy import CursorResult
 from sqlalchemy.orm import Session
 
 from ._base import check_aware, check_expected_version, check_limit, version_conflict
 from ._ids import check_workflow_id
+from ._mysql import check_packet_size
 from ._snapshot import StoredSnapshotInfo, utc_now
 from ._statements import TableStatements, statements_for
 from .errors import InvalidArgumentError
-from ._mysql import check_packet_size
 from .models import WorkflowInterrupt, WorkflowInterruptMixin
 
 __all__ = ["WorkflowInterruptRepository"]
@@ -32,16 +32,28 @@ class WorkflowInterruptRepository(Generic[ModelT]):
     class built on ``WorkflowInterruptMixin``.
     """
 
-    def __init__(self, session: Session, model: type[ModelT] = WorkflowInterrupt) -> None:  # type: ignore[assignment]
+    @overload
+    def __init__(
+        self: WorkflowInterruptRepository[WorkflowInterrupt], session: Session
+    ) -> None: ...
+
+    @overload
+    def __init__(self, session: Session, model: type[ModelT]) -> None: ...
+
+    def __init__(self, session: Session, model: type[Any] = WorkflowInterrupt) -> None:
         self.session = session
         self.model = model
-        self._table: Any = model.__table__  # type: ignore[attr-defined]
+        self._table: Any = model.__table__
 
     def _statements(self) -> TableStatements:
         return statements_for(self._table, self.session.get_bind().dialect)
 
     def upsert(
-        self, workflow_id: str, data: bytes, *, expected_version: int | None = None
+        self,
+        workflow_id: str,
+        data: bytes | bytearray | memoryview,
+        *,
+        expected_version: int | None = None,
     ) -> int:
         """Create or replace the row; return its new version.
 
@@ -55,7 +67,7 @@ class WorkflowInterruptRepository(Generic[ModelT]):
         statements = self._statements()
         if statements.family == "mysql":
             check_packet_size(self.session.connection().connection, data)
-        params = {"wf_id": workflow_id, "wf_data": data, "now": utc_now()}
+        params: dict[str, Any] = {"wf_id": workflow_id, "wf_data": data, "now": utc_now()}
         execute = self.session.execute
         if expected is None:
             result: CursorResult[Any] = execute(statements.upsert, params)  # type: ignore[assignment]

@@ -1,0 +1,518 @@
+"""The ``workflow-persistence`` command line, run as a real console script in subprocesses.
+
+Snapshots are written from this process with classes defined here, which the command
+line cannot import: it must show them anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from workflow_persistence import (
+    DatabasePersistence,
+    Event,
+    JsonSerializer,
+    PickleSerializer,
+    WorkflowInterrupt,
+    WorkflowSnapshot,
+)
+from workflow_persistence._database import make_engine
+from workflow_persistence.cli import format_age, parse_age
+from workflow_persistence.migrations import URL_ENV_VAR, VERSION_TABLE, upgrade
+
+from .samples import rich_snapshot, serializer
+
+SCRIPT = Path(sys.executable).with_name("workflow-persistence")
+TIMEOUT = 120
+
+
+class Shipping(enum.Enum):
+    EXPRESS = "express"
+
+
+@dataclass
+class ParcelReady(Event):
+    """An event class only this test module knows."""
+
+    parcel: str
+    weight: Decimal
+    shipping: Shipping
+
+
+class Label:
+    """A plain class that takes part through __getstate__/__setstate__."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"text": self.text}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.text = state["text"]
+
+
+HERE = __name__  # the module path the classes above are stored under
+
+
+# -- running the command ----------------------------------------------------------------------
+
+
+def run(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != URL_ENV_VAR}
+    environ.update(env or {})
+    return subprocess.run(
+        [str(SCRIPT), *args],
+        capture_output=True, text=True, cwd=cwd, env=environ, timeout=TIMEOUT, check=False,
+    )
+
+
+def ok(*args: str, **kwargs: Any) -> str:
+    done = run(*args, **kwargs)
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    assert done.stderr == "", done.stderr
+    return done.stdout
+
+
+def fails(*args: str, **kwargs: Any) -> str:
+    """Run a command that must fail: non-zero, nothing on stdout, one line on stderr."""
+    done = run(*args, **kwargs)
+    assert done.returncode != 0, (args, done.stdout)
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("workflow-persistence"), lines[0]
+    assert done.stdout == ""
+    return lines[0]
+
+
+def as_text(url: URL) -> str:
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def url(empty_database_url: URL) -> str:
+    """A migrated, empty database of each kind (sqlite file, postgresql, mariadb)."""
+    engine = make_engine(empty_database_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    return as_text(empty_database_url)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    upgrade(url)
+    return url
+
+
+def save(url: str, *snapshots: WorkflowSnapshot, serializer: Any = None) -> None:
+    with DatabasePersistence(url, serializer=serializer, create_table=False) as persistence:
+        for snapshot in snapshots:
+            persistence.save(snapshot)
+
+
+def age(url: str, workflow_id: str, by: timedelta) -> None:
+    """Move a record's updated_at back, as if it had not been touched for ``by``."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            updated = conn.execute(
+                sa.update(WorkflowInterrupt)
+                .where(WorkflowInterrupt.workflow_id == workflow_id)
+                .values(updated_at=datetime.now(UTC) - by)
+            )
+            assert updated.rowcount == 1
+    finally:
+        engine.dispose()
+
+
+def stored_ids(url: str) -> list[str]:
+    return [row["workflow_id"] for row in json.loads(ok("list", "--json", "--url", url))]
+
+
+# -- migrate --------------------------------------------------------------------------------
+
+
+def test_migrate_creates_the_table_and_can_run_twice(empty_database_url: URL) -> None:
+    url = as_text(empty_database_url)
+    first = ok("migrate", "--url", url)
+    assert "up to date" in first
+    if empty_database_url.password:
+        assert empty_database_url.password not in first
+
+    engine = make_engine(empty_database_url)
+    try:
+        inspector = sa.inspect(engine)
+        assert inspector.has_table("workflow_interrupts")
+        with engine.connect() as conn:
+            revisions = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+        assert len(revisions) == 1
+
+        assert "up to date" in ok("migrate", "--url", url)
+        with engine.connect() as conn:
+            again = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+        assert again == revisions
+    finally:
+        engine.dispose()
+    save(url, WorkflowSnapshot("w"))  # the table is usable as it is
+    assert stored_ids(url) == ["w"]
+
+
+def test_commands_on_an_unmigrated_database_fail_in_one_line(empty_database_url: URL) -> None:
+    url = as_text(empty_database_url)
+    # Either the table is missing, or (SQLite) the file itself: both say to migrate.
+    assert "migrate" in fails("list", "--url", url)
+    assert "migrate" in fails("show", "w", "--url", url)
+
+
+# -- list -----------------------------------------------------------------------------------
+
+
+def test_list_newest_first_with_limit_and_json(url: str) -> None:
+    assert ok("list", "--url", url).strip() == "no stored workflows"
+    assert json.loads(ok("list", "--json", "--url", url)) == []
+
+    save(url, WorkflowSnapshot("first"), WorkflowSnapshot("second"), WorkflowSnapshot("third"))
+    save(url, WorkflowSnapshot("first"))  # now the most recent, at version 2
+
+    table = ok("list", "--url", url).splitlines()
+    assert table[0].split()[:3] == ["WORKFLOW", "ID", "VERSION"]
+    assert [line.split()[:2] for line in table[1:]] == [
+        ["first", "2"], ["third", "1"], ["second", "1"],
+    ]
+
+    rows = json.loads(ok("list", "--json", "--url", url))
+    assert [(r["workflow_id"], r["version"]) for r in rows] == [
+        ("first", 2), ("third", 1), ("second", 1),
+    ]
+    for row in rows:
+        created = datetime.fromisoformat(row["created_at"])
+        updated = datetime.fromisoformat(row["updated_at"])
+        assert created.utcoffset() == timedelta(0)
+        assert created <= updated
+        assert abs(datetime.now(UTC) - updated) < timedelta(minutes=5)
+    assert rows[0]["created_at"] < rows[0]["updated_at"]
+
+    limited = ok("list", "--limit", "2", "--url", url).splitlines()
+    assert [line.split()[0] for line in limited[1:]] == ["first", "third"]
+    assert len(json.loads(ok("list", "--json", "--limit", "1", "--url", url))) == 1
+
+
+def test_list_older_than(url: str) -> None:
+    save(url, WorkflowSnapshot("fresh"), WorkflowSnapshot("stale"), WorkflowSnapshot("ancient"))
+    age(url, "stale", timedelta(days=2))
+    age(url, "ancient", timedelta(days=30))
+    assert stored_ids(url) == ["fresh", "stale", "ancient"]
+    older = json.loads(ok("list", "--older-than", "1d", "--json", "--url", url))
+    assert [r["workflow_id"] for r in older] == ["stale", "ancient"]
+    assert [r["workflow_id"] for r in older] == [
+        line.split()[0] for line in ok("list", "--older-than", "1d", "--url", url).splitlines()[1:]
+    ]
+    older = json.loads(ok("list", "--older-than", "1w", "--json", "--url", url))
+    assert [r["workflow_id"] for r in older] == ["ancient"]
+    assert ok("list", "--older-than", "100000d", "--url", url).strip() == "no stored workflows"
+
+
+def test_list_shows_one_line_per_workflow_whatever_its_id(sqlite_url: str) -> None:
+    odd = ["two\nlines", "tab\there", "Grüße 🚀", "a" * 255]
+    save(sqlite_url, *(WorkflowSnapshot(i) for i in odd))
+    table = ok("list", "--url", sqlite_url).splitlines()
+    assert len(table) == 1 + len(odd)
+    assert any(line.startswith("Grüße 🚀 ") for line in table)
+    assert sorted(stored_ids(sqlite_url)) == sorted(odd)  # JSON keeps them exactly
+
+
+# -- show -----------------------------------------------------------------------------------
+
+
+def test_show_prints_snapshots_of_classes_it_cannot_import(url: str) -> None:
+    types = JsonSerializer(types=[ParcelReady, Shipping, Label])
+    snapshot = WorkflowSnapshot(
+        "parcel-7",
+        status="interrupted",
+        state={"label": Label("fragile"), "shipping": Shipping.EXPRESS, "count": 3},
+        current_node="dispatch",
+        event=ParcelReady("P-7", Decimal("2.50"), Shipping.EXPRESS),
+        completed_nodes=["pack"],
+        interrupt={"question": "Send now?"},
+        attempts={"pack": 1},
+        metadata={"user": "ana"},
+    )
+    save(url, snapshot, serializer=types)
+
+    shown = json.loads(ok("show", "parcel-7", "--url", url))
+    assert shown["workflow_id"] == "parcel-7"
+    assert shown["status"] == "interrupted"
+    assert shown["version"] == 1
+    assert shown["format"].startswith("msgpack")
+    assert shown["stored_bytes"] > 0
+    assert shown["current_node"] == "dispatch"
+    assert shown["completed_nodes"] == ["pack"]
+    assert shown["interrupt"] == {"question": "Send now?"}
+    assert shown["attempts"] == {"pack": 1}
+    assert shown["metadata"] == {"user": "ana"}
+    assert datetime.fromisoformat(shown["created_at"]) == datetime.fromisoformat(
+        shown["updated_at"]
+    )
+    event = shown["event"]
+    assert event["__class__"] == f"{HERE}:ParcelReady"
+    assert event["fields"]["parcel"] == "P-7"
+    assert event["fields"]["weight"] == "2.50"
+    assert event["fields"]["shipping"]["__class__"] == f"{HERE}:Shipping"
+    assert "express" in json.dumps(event["fields"]["shipping"])
+    assert shown["state"]["label"]["__class__"] == f"{HERE}:Label"
+    assert shown["state"]["label"]["fields"] == {"text": "fragile"}
+    assert shown["state"]["shipping"]["__class__"] == f"{HERE}:Shipping"
+    assert shown["state"]["count"] == 3
+
+
+def test_show_prints_every_kind_of_value_as_strict_json(sqlite_url: str) -> None:
+    snapshot = rich_snapshot("rich")
+    snapshot.state.update(
+        {"nan": float("nan"), "inf": float("-inf"), "keys": {1: "int", "1": "str"}}
+    )
+    save(sqlite_url, snapshot, serializer=serializer())
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"not strict JSON: {name}")
+
+    out = ok("show", "rich", "--url", sqlite_url)
+    shown = json.loads(out, parse_constant=no_constants)
+    state = shown["state"]
+    assert state["text"] == "Grüße, 世界 🚀"
+    assert state["big"] == 2**100
+    assert state["decimal"] == "1234.5678"
+    assert state["uuid"] == "12345678-1234-5678-1234-567812345678"
+    assert state["datetime_utc"] == "2026-11-24T09:30:15.123456+00:00"
+    assert state["set"] == [1, 2, 3]
+    assert state["money"]["__class__"] == "tests.samples:Money"
+    assert state["ledger"]["__class__"] == "tests.samples:Ledger"
+    assert state["nan"] == "nan"
+    assert state["inf"] == "-inf"
+    assert sorted(state["keys"].values()) == ["int", "str"]  # neither hides the other
+    assert shown["event"]["__class__"] == "tests.samples:Drafted"
+    assert shown["error"]["node"] == "check"
+    assert [d["node"] for d in shown["history"]] == ["check", "approve"]
+
+
+def test_show_of_a_signed_pickle_explains_in_one_line(sqlite_url: str) -> None:
+    save(sqlite_url, WorkflowSnapshot("pickled"), serializer=PickleSerializer(secret_key=b"k" * 32))
+    assert "pickle" in fails("show", "pickled", "--url", sqlite_url)
+
+
+def test_show_of_a_damaged_record_fails_in_one_line(sqlite_url: str) -> None:
+    save(sqlite_url, WorkflowSnapshot("w"))
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.update(WorkflowInterrupt).values(data=b"\x00\x01 not a snapshot"))
+    finally:
+        engine.dispose()
+    fails("show", "w", "--url", sqlite_url)
+    assert stored_ids(sqlite_url) == ["w"]  # listing never decodes
+
+
+# -- delete and prune ---------------------------------------------------------------------------
+
+
+def test_delete(url: str) -> None:
+    save(url, WorkflowSnapshot("keep"), WorkflowSnapshot("drop"))
+    assert "drop" in ok("delete", "drop", "--url", url)
+    assert stored_ids(url) == ["keep"]
+    assert "drop" in fails("delete", "drop", "--url", url)
+    assert "drop" in fails("show", "drop", "--url", url)
+
+
+def test_prune_older_than(url: str) -> None:
+    save(url, *(WorkflowSnapshot(i) for i in ("old-1", "old-2", "recent", "new")))
+    age(url, "old-1", timedelta(days=8))
+    age(url, "old-2", timedelta(days=400))
+    age(url, "recent", timedelta(days=6))
+    assert ok("prune", "--older-than", "7d", "--url", url).strip() == (
+        "pruned 2 snapshots not updated for 7d"
+    )
+    assert stored_ids(url) == ["new", "recent"]
+    assert "pruned 0 snapshots" in ok("prune", "--older-than", "7d", "--url", url)
+    assert "pruned 0 snapshots" in ok("prune", "--older-than", "99999999d", "--url", url)
+    assert "pruned 1 snapshot " in ok("prune", "--older-than", "1d12h", "--url", url)
+    assert stored_ids(url) == ["new"]
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def test_unknown_id_fails_in_one_line(url: str) -> None:
+    assert "'missing'" in fails("show", "missing", "--url", url)
+    assert "'missing'" in fails("delete", "missing", "--url", url)
+
+
+NAMED_BAD_URLS = ["nonsense://x", "postgresql://postgres@127.0.0.1:1/x"]
+MORE_BAD_URLS = [
+    "not a url",
+    "mysql://root@127.0.0.1:1/x",
+    "sqlite:////nonexistent-directory/x.db",
+]
+COMMANDS = {
+    "migrate": ["migrate"],
+    "list": ["list"],
+    "show": ["show", "w"],
+    "delete": ["delete", "w"],
+    "prune": ["prune", "--older-than", "7d"],
+}
+BAD_URL_CASES = [
+    *((name, bad) for name in COMMANDS for bad in NAMED_BAD_URLS),
+    *((name, bad) for name in ("migrate", "list") for bad in MORE_BAD_URLS),
+]
+
+
+@pytest.mark.parametrize(("command", "bad_url"), BAD_URL_CASES)
+def test_bad_url_fails_in_one_line(command: str, bad_url: str) -> None:
+    line = fails(*COMMANDS[command], "--url", bad_url)
+    assert line.startswith(f"workflow-persistence {command}: ")
+
+
+def test_bad_url_from_the_environment_fails_in_one_line(tmp_path: Path) -> None:
+    fails("list", cwd=tmp_path, env={URL_ENV_VAR: "postgresql://postgres@127.0.0.1:1/x"})
+
+
+@pytest.mark.parametrize(
+    ("command", "bad_age"),
+    [("prune", "7x"), ("prune", ""), ("prune", "-1d"), ("prune", "99999999999w"),
+     ("list", "7 years"), ("list", "1" * 400 + "d")],
+)
+def test_bad_age_fails_in_one_line(sqlite_url: str, command: str, bad_age: str) -> None:
+    line = fails(command, f"--older-than={bad_age}", "--url", sqlite_url)
+    assert "--older-than" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["bogus"], ["prune"], ["show"], ["list", "--limit", "-1"]],
+    ids=repr,
+)
+def test_usage_errors_fail_in_one_line(sqlite_url: str, args: list[str]) -> None:
+    fails(*args, "--url", sqlite_url)
+
+
+# -- the default URL ----------------------------------------------------------------------------
+
+
+def test_url_comes_from_the_environment(tmp_path: Path, empty_database_url: URL) -> None:
+    env = {URL_ENV_VAR: as_text(empty_database_url)}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ok("migrate", cwd=elsewhere, env=env)
+    save(as_text(empty_database_url), WorkflowSnapshot("from-env"))
+    assert "from-env" in ok("list", cwd=elsewhere, env=env)
+    assert json.loads(ok("show", "from-env", cwd=elsewhere, env=env))["version"] == 1
+    assert os.listdir(elsewhere) == []  # no local SQLite file was touched
+
+
+def test_url_option_wins_over_the_environment(tmp_path: Path, sqlite_url: str) -> None:
+    save(sqlite_url, WorkflowSnapshot("given"))
+    env = {URL_ENV_VAR: "postgresql://postgres@127.0.0.1:1/x"}
+    assert "given" in ok("list", "--url", sqlite_url, cwd=tmp_path, env=env)
+
+
+def test_url_defaults_to_a_sqlite_file_in_the_current_directory(tmp_path: Path) -> None:
+    ok("migrate", cwd=tmp_path)
+    database = tmp_path / "workflow_persistence.db"
+    assert database.is_file()
+    save(f"sqlite:///{database}", WorkflowSnapshot("local"))
+    assert "local" in ok("list", cwd=tmp_path)
+    assert stored_ids(f"sqlite:///{database}") == ["local"]
+    assert "local" in ok("delete", "local", cwd=tmp_path)
+    assert stored_ids(f"sqlite:///{database}") == []
+
+
+# -- ages -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("7d", timedelta(days=7)),
+        ("12h", timedelta(hours=12)),
+        ("1d12h", timedelta(days=1, hours=12)),
+        ("90m", timedelta(minutes=90)),
+        ("2w", timedelta(weeks=2)),
+        ("30s", timedelta(seconds=30)),
+        ("1.5h", timedelta(minutes=90)),
+        (" 7D ", timedelta(days=7)),
+        ("1d 12h", timedelta(days=1, hours=12)),
+        ("0s", timedelta(0)),
+        ("1w2d3h4m5s", timedelta(weeks=1, days=2, hours=3, minutes=4, seconds=5)),
+    ],
+)
+def test_parse_age(text: str, expected: timedelta) -> None:
+    assert parse_age(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", " ", "7", "d", "7x", "-1d", "1e5d", ".5d", "7 years", "1d-", "d7", "7dd",
+     "99999999999w", "1" * 400 + "d"],
+)
+def test_parse_age_refuses(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="not an age"):
+        parse_age(text)
+
+
+@pytest.mark.parametrize(
+    ("age_", "text"),
+    [
+        (timedelta(days=7), "7d"),
+        (timedelta(days=1, hours=12), "1d12h"),
+        (timedelta(seconds=90), "1m30s"),
+        (timedelta(weeks=2), "14d"),
+        (timedelta(days=1, seconds=1), "1d1s"),
+        (timedelta(0), "0s"),
+        (timedelta(microseconds=500), "0s"),
+    ],
+)
+def test_format_age(age_: timedelta, text: str) -> None:
+    assert format_age(age_) == text
+
+
+@pytest.mark.parametrize(
+    "age_",
+    [
+        timedelta(days=7),
+        timedelta(hours=36),
+        timedelta(seconds=3661),
+        timedelta(days=400, seconds=59),
+    ],
+)
+def test_format_age_reads_back(age_: timedelta) -> None:
+    assert parse_age(format_age(age_)) == age_
+
+
+def test_read_commands_do_not_create_a_missing_sqlite_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'typo.db'}"
+    for command in (["list"], ["show", "x"], ["delete", "x"], ["prune", "--older-than", "1d"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "workflow_persistence.cli", *command, "--url", url],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert result.returncode != 0
+        assert result.stderr.count("\n") == 1 and "no SQLite database" in result.stderr
+    assert not (tmp_path / "typo.db").exists()

@@ -1,0 +1,465 @@
+"""A host application with its own declarative Base and its own Alembic environment.
+
+The host (``tests/hostapp/models.py``) has its ``users`` table and a snapshot table of its
+own built on ``WorkflowInterruptMixin``. Its Alembic environment, generated in a temporary
+folder, adds the library's ``versions_dir()`` to ``version_locations`` (with
+``path_separator = newline``) and runs ``upgrade heads`` on each real database.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import DeclarativeBase, Session
+
+import workflow_persistence
+from workflow_persistence import (
+    DatabasePersistence,
+    WorkflowInterruptMixin,
+    WorkflowInterruptRepository,
+    WorkflowSnapshot,
+    migrations,
+)
+from workflow_persistence._database import make_engine
+
+from .conftest import DATABASES
+from .hostapp.models import HostBase, HostInterrupt
+from .hostapp.support import (
+    REPO_ROOT,
+    TABLE,
+    alembic,
+    connected,
+    schema_diff,
+    table_names,
+    url_text,
+    version_rows,
+)
+
+REVISION = "wfp_0001"
+HOST_VERSION_TABLE = "alembic_version"
+
+HOST_ENV = '''\
+"""The host app's Alembic environment: its own models, its own version table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+import workflow_persistence
+from workflow_persistence import migrations as wfp_migrations
+from tests.hostapp.models import HostBase
+
+config = context.config
+options = context.get_x_argument(as_dictionary=True)
+url = options.get("url") or config.attributes["url"]
+target = options.get("target", "hook")
+
+hooks: dict[str, Any] = {"render_item": wfp_migrations.render_item}
+target_metadata: Any = HostBase.metadata
+if target == "hook":  # the README's way: the library's tables are not the host's business
+    hooks["include_name"] = wfp_migrations.include_name
+elif target == "list":  # or: the library's metadata is part of the target
+    target_metadata = [HostBase.metadata, workflow_persistence.metadata]
+else:
+    assert target == "bare", target  # neither: the pitfall
+
+engine = create_engine(url, poolclass=pool.NullPool)
+with engine.connect() as connection:
+    context.configure(
+        connection=connection, target_metadata=target_metadata, compare_type=True, **hooks
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+engine.dispose()
+'''
+
+HOST_SCRIPT_MAKO = '''\
+"""${message}
+
+Revision ID: ${up_revision}
+Revises: ${down_revision | comma,n}
+"""
+
+import sqlalchemy as sa
+from alembic import op
+${imports if imports else ""}
+
+revision = ${repr(up_revision)}
+down_revision = ${repr(down_revision)}
+branch_labels = ${repr(branch_labels)}
+depends_on = ${repr(depends_on)}
+
+
+def upgrade():
+    ${upgrades if upgrades else "pass"}
+
+
+def downgrade():
+    ${downgrades if downgrades else "pass"}
+'''
+
+
+def host_ini(root: Path, *, version_locations: bool = True) -> Path:
+    """The host's alembic.ini: its versions folder and the library's, one per line."""
+    lines = [
+        "[alembic]",
+        "script_location = %(here)s/migrations",
+        f"prepend_sys_path = {REPO_ROOT}",
+        "path_separator = newline",
+    ]
+    if version_locations:
+        lines += [
+            "version_locations =",
+            "    %(here)s/migrations/versions",
+            f"    {migrations.versions_dir()}",
+        ]
+    ini = root / "alembic.ini"
+    ini.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return ini
+
+
+def make_host_project(root: Path, *, version_locations: bool = True) -> Path:
+    """Lay out a host app's Alembic environment under ``root``; return its alembic.ini."""
+    (root / "migrations" / "versions").mkdir(parents=True)
+    (root / "migrations" / "env.py").write_text(HOST_ENV, encoding="utf-8")
+    (root / "migrations" / "script.py.mako").write_text(HOST_SCRIPT_MAKO, encoding="utf-8")
+    return host_ini(root, version_locations=version_locations)
+
+
+def our_revision_files() -> list[str]:
+    return sorted(p for p in os.listdir(migrations.versions_dir()) if p.endswith(".py"))
+
+
+def function_source(path: Path, name: str) -> str:
+    """The source of one top-level function of a revision file."""
+    text = path.read_text(encoding="utf-8")
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return ast.get_source_segment(text, node) or ""
+    raise AssertionError(f"{path} has no {name}()")
+
+
+def hook_only_for_ours(name: str | None, type_: str, parents: Any) -> bool:
+    """An include_name that keeps only the library's table (to compare just that)."""
+    if type_ == "schema":
+        return True
+    if type_ == "table":
+        return name == TABLE
+    return bool(parents.get("table_name") == TABLE)
+
+
+# -- one host project per database, migrated the documented way --------------------------
+
+
+@dataclass
+class HostProject:
+    kind: str
+    url: URL
+    root: Path
+    ini: Path
+    heads_before: str
+    tables_after_library: set[str]
+    versions_after_library: list[str]
+    ours_before: list[str]
+    ours_after: list[str]
+    revision_file: Path
+    tables_after_host: set[str]
+
+    def alembic(self, *args: str, expect_ok: bool = True) -> Any:
+        return alembic(
+            "-x", f"url={url_text(self.url)}", *args,
+            cwd=self.root, config=self.ini, expect_ok=expect_ok,
+        )
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+def host(
+    request: pytest.FixtureRequest,
+    new_database_url: Callable[[str], URL],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> HostProject:
+    """A host app's Alembic project, driven through the real command line:
+
+    ``upgrade heads`` (only the library's branch exists yet), then the host's first
+    revision with ``--autogenerate --head=base --version-path=<its folder>``, then
+    ``upgrade heads`` again.
+    """
+    kind = str(request.param)
+    url = new_database_url(kind)
+    root = tmp_path_factory.mktemp(f"host-{kind}")
+    ini = make_host_project(root)
+
+    def cli(*args: str) -> Any:
+        return alembic("-x", f"url={url_text(url)}", *args, cwd=root, config=ini)
+
+    heads_before = cli("heads").stdout
+    cli("upgrade", "heads")
+    tables_after_library = table_names(url)
+    versions_after_library = version_rows(url, HOST_VERSION_TABLE)
+    host_versions = root / "migrations" / "versions"
+    ours_before = our_revision_files()
+    cli(
+        "revision", "--autogenerate", "-m", "create users",
+        "--head=base", f"--version-path={host_versions}",
+    )
+    ours_after = our_revision_files()
+    made = sorted(host_versions.glob("*.py"))
+    assert len(made) == 1, made
+    cli("upgrade", "heads")
+    return HostProject(
+        kind=kind,
+        url=url,
+        root=root,
+        ini=ini,
+        heads_before=heads_before,
+        tables_after_library=tables_after_library,
+        versions_after_library=versions_after_library,
+        ours_before=ours_before,
+        ours_after=ours_after,
+        revision_file=made[0],
+        tables_after_host=table_names(url),
+    )
+
+
+def test_the_library_heads_are_found_through_version_locations(host: HostProject) -> None:
+    # path_separator = newline: an entry is never cut apart, the library's head is there.
+    assert host.heads_before.split() == [REVISION, f"({migrations.BRANCH})", "(head)"]
+    assert host.tables_after_library == {TABLE, HOST_VERSION_TABLE}
+    assert host.versions_after_library == [REVISION]
+
+
+def test_upgrade_heads_creates_both_tables(host: HostProject) -> None:
+    assert host.tables_after_host == {"users", "host_interrupts", TABLE, HOST_VERSION_TABLE}
+    # The host's version table tracks both branches; the standalone one is never made.
+    script = ScriptDirectory.from_config(Config(str(host.ini)))
+    (host_revision,) = set(script.get_heads()) - {REVISION}
+    assert sorted(version_rows(host.url, HOST_VERSION_TABLE)) == sorted([REVISION, host_revision])
+    assert migrations.VERSION_TABLE not in host.tables_after_host
+    current = host.alembic("current").stdout.split()
+    assert REVISION in current
+    assert host_revision in current
+    # The library works on the table the host's migrations made.
+    with DatabasePersistence(host.url, create_table=False) as persistence:
+        persistence.save(WorkflowSnapshot(f"host-{host.kind}", state={"n": 1}))
+        assert persistence.load(f"host-{host.kind}").state == {"n": 1}
+        persistence.delete(f"host-{host.kind}")
+    assert migrations.VERSION_TABLE not in table_names(host.url)
+
+
+def test_the_host_first_revision_lands_in_the_host_folder(host: HostProject) -> None:
+    assert host.revision_file.parent == host.root / "migrations" / "versions"
+    assert host.ours_after == host.ours_before == ["wfp_0001_create_workflow_interrupts.py"]
+    script = ScriptDirectory.from_config(Config(str(host.ini)))
+    assert sorted(script.get_bases()) == sorted(script.get_heads())  # two independent roots
+    assert len(script.get_heads()) == 2
+    assert REVISION in script.get_heads()
+    text = host.revision_file.read_text(encoding="utf-8")
+    assert "down_revision = None" in text
+    assert "import workflow_persistence._types" in text  # render_item added the import
+    upgrade = function_source(host.revision_file, "upgrade")
+    assert "op.create_table('users'" in upgrade
+    assert "op.create_table('host_interrupts'" in upgrade
+    assert "drop_" not in upgrade
+    assert TABLE not in text
+    assert migrations.VERSION_TABLE not in text
+
+
+def test_autogenerate_proposes_nothing_with_the_hook_or_the_list(host: HostProject) -> None:
+    for target in ("hook", "list"):
+        done = host.alembic("-x", f"target={target}", "check")
+        assert "No new upgrade operations detected" in done.stdout + done.stderr, target
+    with connected(host.url) as connection:
+        hooked = schema_diff(
+            connection,
+            HostBase.metadata,
+            version_table=HOST_VERSION_TABLE,
+            include_name=migrations.include_name,
+        )
+        assert hooked == []
+        filtered = schema_diff(
+            connection,
+            HostBase.metadata,
+            version_table=HOST_VERSION_TABLE,
+            include_object=migrations.include_object,
+        )
+        assert filtered == []
+        both = [HostBase.metadata, workflow_persistence.metadata]
+        assert schema_diff(connection, both, version_table=HOST_VERSION_TABLE) == []
+        # Our table, as the host's migrations left it, matches the library's model.
+        ours = schema_diff(
+            connection,
+            workflow_persistence.metadata,
+            version_table=HOST_VERSION_TABLE,
+            include_name=hook_only_for_ours,
+        )
+        assert ours == []
+
+
+def test_without_the_hook_autogenerate_would_drop_our_table(host: HostProject) -> None:
+    """The pitfall the hook exists for, shown on the same database."""
+    done = host.alembic("-x", "target=bare", "check", expect_ok=False)
+    assert done.returncode != 0
+    assert "remove_table" in done.stdout + done.stderr
+    assert TABLE in done.stdout + done.stderr
+    with connected(host.url) as connection:
+        diff = schema_diff(connection, HostBase.metadata, version_table=HOST_VERSION_TABLE)
+    # Only our table is concerned; some databases also list its index on its own.
+    assert ("remove_table", TABLE) in [(d[0], d[1].name) for d in diff]
+    assert {(d[0], d[1].table.name) for d in diff if d[0] != "remove_table"} <= {
+        ("remove_index", TABLE)
+    }
+
+
+def test_the_host_table_from_its_own_revision_works(host: HostProject) -> None:
+    engine = make_engine(host.url)
+    try:
+        with Session(engine) as session, session.begin():
+            repository = WorkflowInterruptRepository(session, model=HostInterrupt)
+            for workflow_id in ("a", "A", "a "):
+                assert repository.upsert(workflow_id, workflow_id.encode()) == 1
+        with Session(engine) as session:
+            repository = WorkflowInterruptRepository(session, model=HostInterrupt)
+            assert sorted(i.workflow_id for i in repository.list()) == ["A", "a", "a "]
+            row = repository.get("a ")
+            assert row is not None
+            assert row.data == b"a "
+        with engine.begin() as connection:
+            connection.execute(sa.delete(HostInterrupt))
+    finally:
+        engine.dispose()
+
+
+# -- version_locations set in code --------------------------------------------------------
+
+
+def test_version_locations_set_in_code(empty_database_url: URL, tmp_path: Path) -> None:
+    ini = make_host_project(tmp_path, version_locations=False)
+    config = Config(str(ini))
+    config.set_main_option("path_separator", "newline")
+    config.set_main_option(
+        "version_locations",
+        "\n".join([str(tmp_path / "migrations" / "versions"), migrations.versions_dir()]),
+    )
+    config.attributes["url"] = url_text(empty_database_url)
+    assert ScriptDirectory.from_config(config).get_heads() == [REVISION]
+    command.upgrade(config, "heads")
+    assert table_names(empty_database_url) == {TABLE, HOST_VERSION_TABLE}
+    assert version_rows(empty_database_url, HOST_VERSION_TABLE) == [REVISION]
+    # Without it, the host's Alembic does not know the library's branch at all.
+    bare = Config(str(ini))
+    assert ScriptDirectory.from_config(bare).get_heads() == []
+
+
+# -- the mixin on the host's own Base -------------------------------------------------------
+
+
+def test_a_host_model_on_the_mixin_round_trips(empty_database_url: URL) -> None:
+    engine = make_engine(empty_database_url)
+    try:
+        HostBase.metadata.create_all(engine, tables=[HostInterrupt.__table__])  # type: ignore[list-item]
+        assert table_names(empty_database_url) == {"host_interrupts"}
+        before = datetime.now(UTC)
+        with Session(engine) as session, session.begin():
+            repository = WorkflowInterruptRepository(session, model=HostInterrupt)
+            assert repository.upsert("run-1", b"\x00first") == 1
+            assert repository.upsert("run-1", b"\x00second\xff") == 2
+        with Session(engine) as session:
+            row = WorkflowInterruptRepository(session, model=HostInterrupt).get("run-1")
+            assert isinstance(row, HostInterrupt)
+            assert row.data == b"\x00second\xff"
+            assert row.version == 2
+            assert row.updated_at.tzinfo is UTC
+            assert before <= row.created_at <= row.updated_at <= datetime.now(UTC)
+        # The library's own table is not involved.
+        assert table_names(empty_database_url) == {"host_interrupts"}
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def schema_name(
+    db_kind: str,
+    empty_database_url: URL,
+    new_database_url: Callable[[str], URL],
+    tmp_path: Path,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A schema besides the default one, and the engine options that make it visible."""
+    options: dict[str, Any] = {}
+    if db_kind == "postgresql":
+        with connected(empty_database_url) as connection:
+            connection.exec_driver_sql("CREATE SCHEMA hostapp")
+            connection.commit()
+        yield "hostapp", options
+    elif db_kind == "mariadb":  # a schema is a database there
+        other = new_database_url("mariadb").database
+        assert other is not None
+        yield other, options
+    else:
+        attached = tmp_path / "hostapp.db"
+
+        def attach(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.execute(f"ATTACH DATABASE '{attached}' AS hostapp")
+
+        options["attach"] = attach
+        yield "hostapp", options
+
+
+def test_mixin_table_args_keep_the_index_in_a_schema(
+    empty_database_url: URL, schema_name: tuple[str, dict[str, Any]]
+) -> None:
+    schema, options = schema_name
+
+    class SchemaBase(DeclarativeBase):
+        pass
+
+    class Scoped(WorkflowInterruptMixin, SchemaBase):
+        __tablename__ = "scoped_interrupts"
+        __table_args__ = WorkflowInterruptMixin.table_args(
+            "scoped_interrupts", schema=schema, comment="host snapshots"
+        )
+
+    table = Scoped.__table__
+    assert isinstance(table, sa.Table)
+    assert table.schema == schema
+    assert table.comment == "host snapshots"
+    assert [(i.name, [c.name for c in i.columns]) for i in table.indexes] == [
+        ("ix_scoped_interrupts_updated_at", ["updated_at"])
+    ]
+    engine = make_engine(empty_database_url)
+    if "attach" in options:
+        event.listen(engine, "connect", options["attach"])
+    try:
+        SchemaBase.metadata.create_all(engine)
+        inspector = sa.inspect(engine)
+        assert "scoped_interrupts" in inspector.get_table_names(schema=schema)
+        assert "scoped_interrupts" not in inspector.get_table_names()
+        indexes = inspector.get_indexes("scoped_interrupts", schema=schema)
+        assert [(i["name"], i["column_names"]) for i in indexes] == [
+            ("ix_scoped_interrupts_updated_at", ["updated_at"])
+        ]
+        with Session(engine) as session, session.begin():
+            repository = WorkflowInterruptRepository(session, model=Scoped)
+            assert repository.upsert("run-1", b"in a schema") == 1
+            assert repository.upsert("run-1", b"in a schema, again") == 2
+        with Session(engine) as session:
+            row = WorkflowInterruptRepository(session, model=Scoped).get("run-1")
+            assert row is not None
+            assert (row.data, row.version) == (b"in a schema, again", 2)
+    finally:
+        engine.dispose()
