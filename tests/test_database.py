@@ -40,7 +40,7 @@ def store(engine: Engine) -> Iterator[DatabasePersistence]:
 def _leased_dbapi_connection(store: DatabasePersistence) -> Any:
     """The one DBAPI connection the persistence holds after a call (white-box)."""
     assert len(store._leases.idle) == 1
-    return store._leases.idle[0][0].dbapi_connection
+    return store._leases.idle[0][0].conn.dbapi_connection
 
 
 def round_trips(store: DatabasePersistence, kind: str, action: Callable[[], object]) -> int:

@@ -7,9 +7,12 @@ from ._codec import UnresolvedObject
 from ._database import DatabasePersistence
 from ._events import Event, StartEvent, StopEvent
 from ._file import FilePersistence
+from ._interrupts import interrupt
 from ._memory import InMemoryPersistence
+from ._retry import RetryPolicy
 from ._serializers import JsonSerializer, PickleSerializer, Serializer
 from ._snapshot import Decision, ErrorInfo, StoredSnapshotInfo, WorkflowSnapshot
+from ._workflow import RunResult, Workflow, WorkflowState
 from .abc import Persistence
 from .errors import (
     ConflictError,
@@ -46,6 +49,8 @@ __all__ = [
     "Persistence",
     "PersistenceError",
     "PickleSerializer",
+    "RetryPolicy",
+    "RunResult",
     "SerializationError",
     "Serializer",
     "StartEvent",
@@ -53,6 +58,7 @@ __all__ = [
     "StorageUnavailableError",
     "StoredSnapshotInfo",
     "UnresolvedObject",
+    "Workflow",
     "WorkflowDefinitionError",
     "WorkflowError",
     "WorkflowFailedError",
@@ -61,5 +67,7 @@ __all__ = [
     "WorkflowInterruptRepository",
     "WorkflowNotFoundError",
     "WorkflowSnapshot",
+    "WorkflowState",
+    "interrupt",
     "metadata",
 ]

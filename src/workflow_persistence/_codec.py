@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import types as _types
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
 import msgpack
@@ -44,8 +45,9 @@ EXT_TIMEDELTA = 9  # payload: [days, seconds, microseconds]
 EXT_DECIMAL = 10  # payload: its str()
 EXT_UUID = 11  # payload: 16 bytes
 EXT_OBJECT = 12  # payload: [class path, kind, fields]
-EXT_BIGINT = 13  # payload: decimal digits
+EXT_BIGINT = 13  # payload: decimal digits (read only: str() of an int is capped at 4300 digits)
 # 14 was reserved for bytearray: msgpack packs it natively as bytes.
+EXT_BIGINT_BYTES = 15  # payload: signed big-endian two's complement, any size
 
 # How a registered class is taken apart and rebuilt.
 KIND_DATACLASS = "dataclass"
@@ -53,12 +55,22 @@ KIND_PYDANTIC = "pydantic"
 KIND_ENUM = "enum"
 KIND_STATE = "state"  # Python's own __getstate__ / __setstate__ protocol
 
+_PACKER_BUFFER = 1 << 14  # a pooled packer's buffer stays within twice this
+_POOLED_PACKERS = 16
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: set on every class defined in Python
 _NATIVE = frozenset({str, bytes, int, float, bool, type(None)})
 _ExtType = msgpack.ExtType
 _tuple_new = tuple.__new__
 
 
-def _ext(code: int, payload: bytes) -> Any:
+# The C constructors also take the pickle state (bytes) that ``__reduce_ex__`` returns;
+# typeshed does not say so.
+_datetime_from_state = cast(Callable[..., datetime], datetime)
+_date_from_state = cast(Callable[..., date], date)
+_time_from_state = cast(Callable[..., time], time)
+
+
+def _ext(code: int, payload: Any) -> Any:  # payload: bytes (pickle states are typed Any)
     # ExtType.__new__ is Python code that re-checks its arguments; ours are always valid.
     return _tuple_new(_ExtType, (code, payload))
 
@@ -68,11 +80,15 @@ class UnresolvedObject:
     """Stands in for an instance of a class that is not registered with the serializer.
 
     Encoding it writes back exactly what was read, so a stand-in survives a round trip.
+    ``raw`` keeps the bytes it was read from: packing ``fields`` again is not enough for a
+    byte-identical copy (a set's order may differ), so they are written back as long as
+    ``fields`` are unchanged.
     """
 
     class_path: str
     kind: str
     fields: Any
+    raw: bytes | None = field(default=None, compare=False, repr=False, kw_only=True)
 
     def __hash__(self) -> int:
         return hash((self.class_path, self.kind))
@@ -110,6 +126,7 @@ class ValueCodec:
             raise ValueError("unknown_classes must be 'error' or 'stand-in'")
         self.unknown_classes: UnknownClassPolicy = unknown_classes
         self._classes: dict[str, type] = {}
+        self._packers: list[Any] = []  # idle msgpack Packers, see _pack_nested
         self._encoders: dict[type, Callable[[Any], Any]] = {
             tuple: self._enc_tuple,
             set: self._enc_set,
@@ -127,16 +144,17 @@ class ValueCodec:
             EXT_TUPLE: lambda p: tuple(self.unpack(p)),
             EXT_SET: lambda p: set(self.unpack(p)),
             EXT_FROZENSET: lambda p: frozenset(self.unpack(p)),
-            EXT_DATETIME_NAIVE: datetime,
+            EXT_DATETIME_NAIVE: _datetime_from_state,
             EXT_DATETIME_UTC: self._dec_datetime_utc,
             EXT_DATETIME_TZ: self._dec_datetime_tz,
-            EXT_DATE: date,
+            EXT_DATE: _date_from_state,
             EXT_TIME: self._dec_time,
             EXT_TIMEDELTA: lambda p: timedelta(*self.unpack(p)),
             EXT_DECIMAL: lambda p: Decimal(p.decode("ascii")),
             EXT_UUID: lambda p: uuid.UUID(bytes=p),
             EXT_OBJECT: self._dec_object,
             EXT_BIGINT: lambda p: int(p.decode("ascii")),
+            EXT_BIGINT_BYTES: lambda p: int.from_bytes(p, "big", signed=True),
         }
         self.register(*types)
 
@@ -153,8 +171,9 @@ class ValueCodec:
         for cls in types:
             if not isinstance(cls, type):
                 raise TypeError(f"register() takes classes, not {cls!r}")
-            if _is_builtin_value_type(cls):
+            if _is_builtin_value_type(cls) or cls is UnresolvedObject:
                 raise TypeError(f"{cls.__qualname__} is handled natively; do not register it")
+            _check_state_class(cls)
             self._classes[class_path(cls)] = cls
             self._encoders[cls] = self._object_encoder(cls)
 
@@ -166,8 +185,8 @@ class ValueCodec:
     def pack(self, value: Any) -> bytes:
         """Encode ``value``; raise SerializationError naming the offending path."""
         try:
-            return _packb(value, self._default)
-        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            return self._pack_nested(value)
+        except Exception as exc:  # a registered class's own code may raise anything
             found = self.find_unencodable(value, "value")
             if found is None:
                 raise SerializationError(f"cannot serialize the value: {exc}") from exc
@@ -175,8 +194,23 @@ class ValueCodec:
             raise SerializationError(f"cannot serialize {where}: {reason}", path=where) from exc
 
     def _pack_nested(self, value: Any) -> bytes:
-        # A payload packed from inside ``default``: the outer packer is busy, so pack anew.
-        return _packb(value, self._default)
+        # Also called from inside ``default`` (a tuple's payload, ...) while an outer
+        # packer is busy, so each call takes a packer of its own. Making one per call cost
+        # most of the time of a small payload (a tuple packed 7 times slower than pickled),
+        # so idle packers are kept: a busy one is never in the pool, so nesting and threads
+        # each get their own (list.pop and append are atomic). A packer whose buffer grew
+        # for a large payload is let go rather than kept.
+        try:
+            packer = self._packers.pop()
+        except IndexError:
+            packer = msgpack.Packer(
+                default=self._default, strict_types=True, use_bin_type=True, datetime=False,
+                buf_size=_PACKER_BUFFER,
+            )
+        data: bytes = packer.pack(value)  # on error the packer resets itself; it is dropped
+        if len(data) <= _PACKER_BUFFER and len(self._packers) < _POOLED_PACKERS:
+            self._packers.append(packer)
+        return data
 
     def _default(self, obj: Any) -> Any:
         encoder = self._encoders.get(type(obj))
@@ -221,10 +255,24 @@ class ValueCodec:
         return _ext(EXT_UUID, obj.bytes)
 
     def _enc_bigint(self, obj: int) -> Any:
-        return _ext(EXT_BIGINT, str(obj).encode("ascii"))
+        # Not str(obj): CPython refuses to convert ints of more than 4300 digits to text.
+        return _ext(EXT_BIGINT_BYTES, obj.to_bytes(obj.bit_length() // 8 + 1, "big", signed=True))
 
     def _enc_unresolved(self, obj: UnresolvedObject) -> Any:
-        return _ext(EXT_OBJECT, self._pack_nested([obj.class_path, obj.kind, obj.fields]))
+        packed = self._pack_nested([obj.class_path, obj.kind, obj.fields])
+        raw = obj.raw
+        if raw is not None and packed != raw:
+            # A set decoded from ``raw`` may iterate in another order than it was stored in.
+            # Decoding ``raw`` afresh rebuilds the same sets the same way: if that packs to
+            # the same bytes, the fields are unchanged and ``raw`` is written back as read.
+            reader = _stand_in_reader()
+            try:
+                unchanged = reader._pack_nested(reader.unpack(raw)) == packed
+            except Exception:
+                unchanged = False
+            if unchanged:
+                return _ext(EXT_OBJECT, raw)
+        return _ext(EXT_OBJECT, packed)
 
     def _object_encoder(self, cls: type) -> Callable[[Any], Any]:
         path = class_path(cls)
@@ -252,15 +300,15 @@ class ValueCodec:
 
     @staticmethod
     def _dec_datetime_utc(payload: bytes) -> datetime:
-        return datetime(payload, UTC)  # type: ignore[arg-type]  # pickle-state constructor
+        return _datetime_from_state(payload, UTC)
 
     def _dec_datetime_tz(self, payload: bytes) -> datetime:
         state, spec = self.unpack(payload)
-        return datetime(state, _tz_from_spec(spec))
+        return _datetime_from_state(state, _tz_from_spec(spec))
 
     def _dec_time(self, payload: bytes) -> time:
         state, spec = self.unpack(payload)
-        return time(state, None if spec is None else _tz_from_spec(spec))
+        return _time_from_state(state, None if spec is None else _tz_from_spec(spec))
 
     def _dec_object(self, payload: bytes) -> Any:
         path, kind, fields = self.unpack(payload)
@@ -269,7 +317,7 @@ class ValueCodec:
         cls = self._classes.get(path)
         if cls is None:
             if self.unknown_classes == "stand-in":
-                return UnresolvedObject(path, kind, fields)
+                return UnresolvedObject(path, kind, fields, raw=bytes(payload))
             raise CorruptSnapshotError(
                 f"stored data holds an instance of {path}, which is not registered with"
                 " this serializer; register the class (types=[...]) to load it"
@@ -301,10 +349,13 @@ class ValueCodec:
         elif kind in self._encoders:
             try:
                 self._encoders[kind](value)
-            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-                parts = list(self._parts(value, path))
+            except Exception as exc:
+                try:
+                    parts = list(self._parts(value, path))
+                except Exception as inner:  # its own __getstate__ or model_dump failed
+                    return path, _reason(inner)
                 if not parts:
-                    return path, str(exc)
+                    return path, _reason(exc)
                 children = iter(parts)
             else:
                 return None
@@ -326,6 +377,9 @@ class ValueCodec:
 
     def _parts(self, value: Any, path: str) -> Iterator[tuple[str, Any]]:
         cls = type(value)
+        if cls is UnresolvedObject:
+            yield f"{path}.fields", value.fields
+            return
         if self._classes.get(class_path(cls)) is not cls:
             return
         kind = _kind_of(cls)
@@ -338,10 +392,44 @@ class ValueCodec:
                 yield f"{path}.{name}", field_value
 
 
-def _packb(value: Any, default: Callable[[Any], Any]) -> bytes:
-    return msgpack.packb(  # type: ignore[no-any-return]
-        value, default=default, strict_types=True, use_bin_type=True, datetime=False
+_STAND_IN_READER: list[ValueCodec] = []
+
+
+def _stand_in_reader() -> ValueCodec:
+    """A codec that knows no class: what a stand-in's stored bytes hold, as stored."""
+    if not _STAND_IN_READER:
+        _STAND_IN_READER.append(ValueCodec(unknown_classes="stand-in"))
+    return _STAND_IN_READER[0]
+
+
+def _check_state_class(cls: type) -> None:
+    """Refuse a class whose instances ``__getstate__``/``__setstate__`` cannot rebuild.
+
+    A subclass of a type implemented in C (dict, list, tuple, str, Exception, ...) keeps
+    its contents outside ``__dict__``: object's default ``__getstate__`` leaves them out,
+    and ``cls.__new__(cls)`` may not even run without arguments (a namedtuple). Unless the
+    class brings its own pair, it would be stored without its contents, or not load.
+    """
+    if _kind_of(cls) != KIND_STATE:
+        return
+    # A C type with no room for data of its own (typing.Generic on 3.12+) holds nothing.
+    c_bases = [
+        base for base in cls.__mro__[1:]
+        if not base.__flags__ & _HEAPTYPE
+        and (base.__basicsize__ > object.__basicsize__ or base.__itemsize__)
+    ]
+    if not c_bases:
+        return
+    own = all(
+        isinstance(getattr(cls, name, None), _types.FunctionType)
+        for name in ("__getstate__", "__setstate__")
     )
+    if not own:
+        raise TypeError(
+            f"{class_path(cls)} extends {c_bases[0].__qualname__}, whose contents"
+            " __getstate__ does not capture; make it a dataclass, or give it its own"
+            " __getstate__ and __setstate__"
+        )
 
 
 def _dict_children(value: dict[Any, Any], path: str) -> Iterator[tuple[str, Any]]:
@@ -359,6 +447,12 @@ def _is_builtin_value_type(cls: type) -> bool:
         Decimal,
         uuid.UUID,
     )
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, (TypeError, ValueError, OverflowError)):
+        return str(exc)
+    return f"taking it apart raised {type(exc).__name__}: {exc}"
 
 
 def _unsupported_message(obj: Any) -> str:
@@ -413,7 +507,7 @@ def _rebuild(cls: type, kind: str, fields: Any) -> Any:
         return cls(fields)
     if kind == KIND_PYDANTIC:
         return cls.model_validate(fields)  # type: ignore[attr-defined]
-    obj = cls.__new__(cls)
+    obj = cast(Any, cls).__new__(cls)
     if kind == KIND_DATACLASS:
         if type(fields) is not dict:
             raise CorruptSnapshotError(f"damaged fields of {class_path(cls)} in stored data")

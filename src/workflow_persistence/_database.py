@@ -49,6 +49,8 @@ __all__ = ["DatabasePersistence", "make_engine"]
 
 #: A leased connection idle longer than this goes back to the pool (seconds).
 IDLE_RETURN_SECONDS = 30.0
+#: After loading a record this large, the lease's cursor is replaced to free the result.
+_RELEASE_RESULT_BYTES = 256 * 1024
 CONNECT_TIMEOUT_SECONDS = 5
 #: PyMySQL reads after the handshake; above InnoDB's default 50 s lock wait.
 MYSQL_READ_TIMEOUT_SECONDS = 60.0
@@ -143,6 +145,21 @@ class _Plan:
     driver: str
 
 
+class _Lease:
+    """A pooled connection in autocommit, with the cursor its calls reuse."""
+
+    __slots__ = ("conn", "cursor")
+
+    def __init__(self, conn: PoolProxiedConnection) -> None:
+        self.conn = conn
+        self.cursor: Any = conn.cursor()  # a new cursor per call would cost ~15 µs
+
+    def fresh_cursor(self) -> None:
+        """Drop the cursor, and the last result it holds, for a new one."""
+        self.cursor.close()
+        self.cursor = self.conn.cursor()
+
+
 class _Leases:
     """Pooled connections kept checked out, in autocommit, between calls.
 
@@ -152,24 +169,24 @@ class _Leases:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.idle: list[tuple[PoolProxiedConnection, float]] = []
+        self.idle: list[tuple[_Lease, float]] = []
         self.max_idle = max(int(getattr(engine.pool, "size", lambda: 5)()), 1)
         self.pid = os.getpid()
 
-    def acquire(self) -> PoolProxiedConnection:
+    def acquire(self) -> _Lease:
         idle = self.idle
         now = time.monotonic()
         while idle:
             try:
-                conn, since = idle.pop()
+                lease, since = idle.pop()
             except IndexError:
                 break
             if now - since < IDLE_RETURN_SECONDS:
-                return conn
-            self.give_back(conn)
+                return lease
+            self.give_back(lease)
         return self.checkout()
 
-    def checkout(self) -> PoolProxiedConnection:
+    def checkout(self) -> _Lease:
         try:
             conn = self.engine.raw_connection()
         except (sa_exc.SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error, OSError) as exc:
@@ -182,38 +199,40 @@ class _Leases:
             if dbapi_connection is None:
                 raise RuntimeError("the pool handed out a closed connection")
             self.engine.dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
+            return _Lease(conn)
         except Exception as exc:
             conn.invalidate(exc)
             conn.close()
             raise StorageUnavailableError(f"cannot configure the connection: {exc}") from exc
-        return conn
 
-    def release(self, conn: PoolProxiedConnection) -> None:
+    def release(self, lease: _Lease) -> None:
         if len(self.idle) < self.max_idle:
-            self.idle.append((conn, time.monotonic()))
+            self.idle.append((lease, time.monotonic()))
         else:
-            self.give_back(conn)
+            self.give_back(lease)
 
-    def give_back(self, conn: PoolProxiedConnection) -> None:
+    def give_back(self, lease: _Lease) -> None:
         """Return a connection to SQLAlchemy's pool, as the pool handed it out."""
+        conn = lease.conn
         try:
+            lease.cursor.close()
             if conn.dbapi_connection is not None:
                 self.engine.dialect.reset_isolation_level(conn.dbapi_connection)
         except Exception as exc:
             conn.invalidate(exc)
         conn.close()
 
-    def discard(self, conn: PoolProxiedConnection, exc: BaseException) -> None:
-        conn.invalidate(exc if isinstance(exc, Exception) else None)
-        conn.close()
+    def discard(self, lease: _Lease, exc: BaseException) -> None:
+        lease.conn.invalidate(exc if isinstance(exc, Exception) else None)
+        lease.conn.close()
 
     def close(self) -> None:
         while self.idle:
             try:
-                conn, _ = self.idle.pop()
+                lease, _ = self.idle.pop()
             except IndexError:
                 break
-            self.give_back(conn)
+            self.give_back(lease)
 
 
 _live_leases: weakref.WeakSet[_Leases] = weakref.WeakSet()
@@ -321,23 +340,22 @@ class DatabasePersistence(RecordPersistence):
         if dialect.server_version_info is None:  # learn the server before compiling
             self._leases.release(self._leases.checkout())
         statements = statements_for(self.table, dialect)
-        compile_ = statements.compile
         to_db, from_db = timestamp_processors(dialect)
-        upsert = compile_(statements.upsert, dialect)
-        insert_new = compile_(statements.insert_new, dialect)
-        update_if_version = compile_(statements.update_if_version, dialect)
         select_options: dict[str, Any] = {}
+        binary: frozenset[str] = frozenset()
         if dialect.driver == "psycopg":
             # Send and receive the blob in binary format instead of hex text.
-            upsert, insert_new, update_if_version = (
-                _binary_data_param(c) for c in (upsert, insert_new, update_if_version)
-            )
+            binary = frozenset({"wf_data"})
             select_options["binary"] = True
+
+        def compile_(stmt: Any, dialect: Any) -> CompiledSQL:
+            return statements.compile(stmt, dialect, binary=binary)
+
         return _Plan(
             statements=statements,
-            upsert=upsert,
-            insert_new=insert_new,
-            update_if_version=update_if_version,
+            upsert=compile_(statements.upsert, dialect),
+            insert_new=compile_(statements.insert_new, dialect),
+            update_if_version=compile_(statements.update_if_version, dialect),
             select_record=compile_(statements.select_record, dialect),
             select_version=compile_(statements.select_version, dialect),
             delete_one=compile_(statements.delete_one, dialect),
@@ -358,10 +376,8 @@ class DatabasePersistence(RecordPersistence):
 
     # -- running one statement ----------------------------------------------------------
 
-    def _run(
-        self, fn: Callable[[Any, PoolProxiedConnection, _Plan], Any], *, read_only: bool = False
-    ) -> Any:
-        """Run ``fn(cursor, connection, plan)`` on a leased connection in autocommit.
+    def _run(self, fn: Callable[[_Lease, _Plan], Any], *, read_only: bool = False) -> Any:
+        """Run ``fn(lease, plan)`` on a leased connection in autocommit.
 
         A read that finds its leased connection dead (the server restarted, or closed
         an idle session) is retried once on a fresh one; a write is not, because whether
@@ -369,57 +385,53 @@ class DatabasePersistence(RecordPersistence):
         """
         plan = self._plan or self._prepare()
         leases = self._leases
-        conn = leases.acquire()
+        lease = leases.acquire()
         for attempt in (1, 2):
             try:
-                cursor = conn.dbapi_connection.cursor()  # type: ignore[union-attr]
-                try:
-                    result = fn(cursor, conn, plan)
-                finally:
-                    cursor.close()
+                result = fn(lease, plan)
             except PersistenceError:
-                leases.release(conn)
+                leases.release(lease)
                 raise
             except BaseException as exc:
-                retry = read_only and attempt == 1 and self._is_disconnect(conn, exc)
-                translated = self._failed(conn, exc)
+                retry = read_only and attempt == 1 and self._is_disconnect(lease, exc)
+                translated = self._failed(lease, exc)
                 if retry:
-                    conn = leases.checkout()
+                    lease = leases.checkout()
                     continue
                 if translated is exc:
                     raise
                 raise translated from exc
-            leases.release(conn)
+            leases.release(lease)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _is_disconnect(self, conn: PoolProxiedConnection, exc: BaseException) -> bool:
+    def _is_disconnect(self, lease: _Lease, exc: BaseException) -> bool:
         dialect = self.engine.dialect
         return isinstance(exc, dialect.loaded_dbapi.Error) and bool(
-            dialect.is_disconnect(exc, conn.dbapi_connection, None)
+            dialect.is_disconnect(exc, lease.conn.dbapi_connection, lease.cursor)
         )
 
-    def _failed(self, conn: PoolProxiedConnection, exc: BaseException) -> BaseException:
+    def _failed(self, lease: _Lease, exc: BaseException) -> BaseException:
         """Translate a driver error; drop the connection if it is broken."""
         dialect = self.engine.dialect
         dbapi = dialect.loaded_dbapi
         if not isinstance(exc, dbapi.Error):
-            self._leases.discard(conn, exc)
+            self._leases.discard(lease, exc)
             return exc
         if _is_missing_table(exc):  # before OperationalError: SQLite reports it as one
-            self._leases.release(conn)
+            self._leases.release(lease)
             return PersistenceError(
                 f"the table {self.table.name!r} does not exist: run `workflow-persistence"
                 " migrate` (or your Alembic upgrade), or pass create_table=True"
             )
-        if dialect.is_disconnect(exc, conn.dbapi_connection, None) or isinstance(
+        if dialect.is_disconnect(exc, lease.conn.dbapi_connection, lease.cursor) or isinstance(
             exc, dbapi.OperationalError | dbapi.InterfaceError
         ):
-            self._leases.discard(conn, exc)
+            self._leases.discard(lease, exc)
             if _is_too_large(exc):
                 return PayloadTooLargeError(f"the database refused the snapshot: {exc}")
             return StorageUnavailableError(f"the database is unavailable: {_first_line(exc)}")
-        self._leases.release(conn)
+        self._leases.release(lease)
         if _is_too_large(exc):
             return PayloadTooLargeError(f"the database refused the snapshot: {exc}")
         return PersistenceError(f"database error: {_first_line(exc)}")
@@ -429,11 +441,12 @@ class DatabasePersistence(RecordPersistence):
     def _write(
         self, workflow_id: str, data: bytes, expected_version: int | None
     ) -> tuple[int, datetime]:
-        def write(cursor: Any, conn: PoolProxiedConnection, plan: _Plan) -> tuple[int, datetime]:
+        def write(lease: _Lease, plan: _Plan) -> tuple[int, datetime]:
             if plan.family == "mysql":
-                _mysql.check_packet_size(conn, data)
+                _mysql.check_packet_size(lease.conn, data)
             elif plan.family == "sqlite":
-                _check_sqlite_length(conn.dbapi_connection, data)
+                _check_sqlite_length(lease.conn.dbapi_connection, data)
+            cursor = lease.cursor
             now = utc_now()
             values = {"wf_id": workflow_id, "wf_data": data, "now": plan.to_db(now)}
             if expected_version is None:
@@ -456,7 +469,8 @@ class DatabasePersistence(RecordPersistence):
         return self._run(write)  # type: ignore[no-any-return]
 
     def _read(self, workflow_id: str) -> Record | None:
-        def read(cursor: Any, conn: PoolProxiedConnection, plan: _Plan) -> Record | None:
+        def read(lease: _Lease, plan: _Plan) -> Record | None:
+            cursor = lease.cursor
             stmt = plan.select_record
             cursor.execute(stmt.sql, stmt.params({"wf_id": workflow_id}), **plan.select_options)
             row = cursor.fetchone()
@@ -465,22 +479,25 @@ class DatabasePersistence(RecordPersistence):
             data, version, created_at, updated_at = row
             if type(data) is not bytes:
                 data = bytes(data)
+            if len(data) >= _RELEASE_RESULT_BYTES:
+                lease.fresh_cursor()  # an idle lease must not pin a large result
             return data, version, plan.from_db(created_at), plan.from_db(updated_at)
 
         return self._run(read, read_only=True)  # type: ignore[no-any-return]
 
     def _remove(self, workflow_id: str) -> bool:
-        def remove(cursor: Any, conn: PoolProxiedConnection, plan: _Plan) -> bool:
-            cursor.execute(plan.delete_one.sql, plan.delete_one.params({"wf_id": workflow_id}))
-            return bool(cursor.rowcount > 0)
+        def remove(lease: _Lease, plan: _Plan) -> bool:
+            stmt = plan.delete_one
+            lease.cursor.execute(stmt.sql, stmt.params({"wf_id": workflow_id}))
+            return bool(lease.cursor.rowcount > 0)
 
         return self._run(remove)  # type: ignore[no-any-return]
 
     def _contains(self, workflow_id: str) -> bool:
-        def contains(cursor: Any, conn: PoolProxiedConnection, plan: _Plan) -> bool:
+        def contains(lease: _Lease, plan: _Plan) -> bool:
             stmt = plan.select_version
-            cursor.execute(stmt.sql, stmt.params({"wf_id": workflow_id}))
-            return cursor.fetchone() is not None
+            lease.cursor.execute(stmt.sql, stmt.params({"wf_id": workflow_id}))
+            return lease.cursor.fetchone() is not None
 
         return self._run(contains, read_only=True)  # type: ignore[no-any-return]
 
@@ -490,29 +507,27 @@ class DatabasePersistence(RecordPersistence):
         if limit == 0:
             return []
 
-        def infos(
-            cursor: Any, conn: PoolProxiedConnection, plan: _Plan
-        ) -> builtins.list[StoredSnapshotInfo]:
+        def infos(lease: _Lease, plan: _Plan) -> builtins.list[StoredSnapshotInfo]:
             stmt = plan.list_variants[(updated_before is not None, limit is not None)]
             values: dict[str, Any] = {}
             if updated_before is not None:
                 values["before"] = plan.to_db(updated_before)
             if limit is not None:
                 values["limit"] = limit
-            cursor.execute(stmt.sql, stmt.params(values))
+            lease.cursor.execute(stmt.sql, stmt.params(values))
             from_db = plan.from_db
             return [
                 StoredSnapshotInfo(wid, from_db(created), from_db(updated), version)
-                for wid, created, updated, version in cursor.fetchall()
+                for wid, created, updated, version in lease.cursor.fetchall()
             ]
 
         return self._run(infos, read_only=True)  # type: ignore[no-any-return]
 
     def _remove_older_than(self, cutoff: datetime) -> int:
-        def remove_batch(cursor: Any, conn: PoolProxiedConnection, plan: _Plan) -> int:
+        def remove_batch(lease: _Lease, plan: _Plan) -> int:
             stmt = plan.delete_older_than
-            cursor.execute(stmt.sql, stmt.params({"cutoff": plan.to_db(cutoff)}))
-            return int(cursor.rowcount)
+            lease.cursor.execute(stmt.sql, stmt.params({"cutoff": plan.to_db(cutoff)}))
+            return int(lease.cursor.rowcount)
 
         total = 0
         while True:  # one short statement per batch, each its own transaction
@@ -527,13 +542,6 @@ def _shutdown(leases: _Leases, owned_engine: Engine | None) -> None:
         leases.close()
         if owned_engine is not None:
             owned_engine.dispose()
-
-
-def _binary_data_param(compiled: CompiledSQL) -> CompiledSQL:
-    sql = compiled.sql.replace("%(wf_data)s", "%(wf_data)b")
-    if sql.count("%(wf_data)b") != 1:  # pragma: no cover - guards a change in SQLAlchemy
-        return compiled
-    return CompiledSQL(sql, compiled.positional, compiled.defaults)
 
 
 def _check_sqlite_length(dbapi_connection: Any, data: bytes) -> None:

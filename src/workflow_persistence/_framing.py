@@ -43,7 +43,7 @@ def crc_detail(body: bytes | memoryview) -> bytes:
 
 
 def check_crc(detail: bytes, body: memoryview) -> None:
-    if detail[:8] != crc_detail(body):
+    if detail != crc_detail(body):
         raise CorruptSnapshotError(
             "damaged record: its checksum does not match its contents"
             " (the stored bytes were changed or truncated)"

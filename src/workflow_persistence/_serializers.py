@@ -7,13 +7,13 @@ import hmac
 import pickle
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from . import _framing
 from ._codec import UnknownClassPolicy, ValueCodec
 from ._events import Event, StartEvent, StopEvent
 from ._ids import check_workflow_id
-from ._snapshot import SNAPSHOT_STATUSES, Decision, ErrorInfo, WorkflowSnapshot
+from ._snapshot import SNAPSHOT_STATUSES, Decision, ErrorInfo, SnapshotStatus, WorkflowSnapshot
 from .errors import CorruptSnapshotError, SerializationError
 
 __all__ = ["JsonSerializer", "PickleSerializer", "Serializer"]
@@ -81,8 +81,8 @@ class JsonSerializer:
         row = _envelope(snapshot)
         try:
             body: bytes = self._codec._pack_nested(row)
-        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-            raise self._explain(snapshot, exc) from exc
+        except Exception as exc:  # a registered class's own code may raise anything
+            raise self._explain(snapshot, row, exc) from exc
         threshold = self.compress_threshold
         if threshold is not None and len(body) >= threshold:
             packed = zlib.compress(body, self.compress_level)
@@ -91,8 +91,10 @@ class JsonSerializer:
                 return _framing.frame(_FMT_MSGPACK_ZLIB, detail, packed)
         return _framing.frame(_FMT_MSGPACK, _framing.crc_detail(body), body)
 
-    def _explain(self, snapshot: WorkflowSnapshot, exc: BaseException) -> SerializationError:
-        for path, value in _envelope_parts(snapshot):
+    def _explain(
+        self, snapshot: WorkflowSnapshot, row: list[Any], exc: BaseException
+    ) -> SerializationError:
+        for path, value in _envelope_parts(snapshot, row):
             found = self._codec.find_unencodable(value, path)
             if found is not None:
                 where, reason = found
@@ -107,8 +109,9 @@ class JsonSerializer:
             _framing.check_crc(detail, body)
             raw: bytes | memoryview = body
         elif fmt == _FMT_MSGPACK_ZLIB:
-            _framing.check_crc(detail, body)
-            raw = self._decompress(detail, body)
+            crc, _, size = detail.partition(b":")
+            _framing.check_crc(crc, body)
+            raw = self._decompress(size, body)
         elif fmt == _FMT_PICKLE:
             raise CorruptSnapshotError(
                 "this record was written by PickleSerializer; load it with"
@@ -126,12 +129,11 @@ class JsonSerializer:
         except Exception as exc:
             raise CorruptSnapshotError(f"damaged record: {type(exc).__name__}: {exc}") from exc
 
-    def _decompress(self, detail: bytes, body: memoryview) -> bytes:
-        try:
-            size = int(detail[9:])
-        except ValueError:
-            raise CorruptSnapshotError("damaged record: bad decoded length") from None
-        if not 0 <= size <= self.max_decoded_size:
+    def _decompress(self, size_field: bytes, body: memoryview) -> bytes:
+        if not (size_field.isdigit() and len(size_field) <= 20):  # ASCII digits only
+            raise CorruptSnapshotError("damaged record: bad decoded length in its header")
+        size = int(size_field)
+        if size > self.max_decoded_size:
             raise CorruptSnapshotError(
                 f"record claims {size} decoded bytes, more than max_decoded_size"
             )
@@ -140,7 +142,7 @@ class JsonSerializer:
             raw = inflater.decompress(body, size + 1)
         except zlib.error as exc:
             raise CorruptSnapshotError(f"damaged compressed record: {exc}") from exc
-        if len(raw) != size or not inflater.eof:
+        if len(raw) != size or not inflater.eof or inflater.unused_data:
             raise CorruptSnapshotError("damaged compressed record: wrong decoded length")
         return raw
 
@@ -217,24 +219,31 @@ def _envelope(s: WorkflowSnapshot) -> list[Any]:
     """The snapshot as one list, checked; positional so it packs small and fast."""
     if not isinstance(s, WorkflowSnapshot):
         raise SerializationError(f"expected a WorkflowSnapshot, not {type(s).__name__}")
-    check_workflow_id(s.workflow_id)
-    if s.status not in SNAPSHOT_STATUSES:
+    workflow_id = check_workflow_id(s.workflow_id)
+    status: str = s.status
+    if not (isinstance(status, str) and status in SNAPSHOT_STATUSES):
         raise SerializationError(
-            f"status must be one of {sorted(SNAPSHOT_STATUSES)}, not {s.status!r}",
+            f"status must be one of {sorted(SNAPSHOT_STATUSES)}, not {status!r}",
             path="status",
         )
+    if type(status) is not str:  # a str enum: store the plain text
+        status = str.__str__(status)
     error = s.error
     try:
-        history = [[d.node, d.payload, d.answer, d.asked_at, d.answered_at] for d in s.history]
+        history = [
+            [d.node, d.payload, d.answer, d.asked_at, d.answered_at, d.step] for d in s.history
+        ]
         error_row = None if error is None else [
             error.node, error.type, error.message, error.traceback, error.at
         ]
     except AttributeError as exc:
-        raise SerializationError(f"history entries are Decision, error is ErrorInfo: {exc}") from exc
+        raise SerializationError(
+            f"history entries must be Decision and error an ErrorInfo: {exc}"
+        ) from exc
     return [
         _ENVELOPE_VERSION,
-        s.workflow_id,
-        s.status,
+        workflow_id,
+        status,
         _plain_dict(s.state, "state"),
         s.current_node,
         s.event,
@@ -250,12 +259,12 @@ def _envelope(s: WorkflowSnapshot) -> list[Any]:
     ]
 
 
-def _envelope_parts(s: WorkflowSnapshot) -> Iterator[tuple[str, Any]]:
+def _envelope_parts(s: WorkflowSnapshot, row: list[Any]) -> Iterator[tuple[str, Any]]:
     """The envelope's values with the paths an error message names them by."""
-    yield "state", s.state
+    yield "state", row[3]  # as stored: a Mapping became a dict
     yield "event", s.event
     yield "interrupt", s.interrupt
-    yield "metadata", s.metadata
+    yield "metadata", row[11]
     for i, d in enumerate(s.history):
         for name in ("node", "payload", "answer", "asked_at", "answered_at"):
             yield f"history[{i}].{name}", getattr(d, name)
@@ -290,11 +299,21 @@ def _from_row(row: Any) -> WorkflowSnapshot:
         updated_at,
         version,
     ) = row
-    if type(state) is not dict or type(metadata) is not dict or type(history) is not list:
+    # What dumps guarantees, checked so a damaged record never loads as a broken snapshot.
+    if (
+        type(workflow_id) is not str
+        or type(status) is not str
+        or status not in SNAPSHOT_STATUSES
+        or type(state) is not dict
+        or type(metadata) is not dict
+        or type(history) is not list
+        or not all(type(entry) is list and len(entry) in (5, 6) for entry in history)
+        or not (error is None or (type(error) is list and len(error) == 5))
+    ):
         raise CorruptSnapshotError("damaged record: wrong field types")
     return WorkflowSnapshot(
         workflow_id=workflow_id,
-        status=status,
+        status=cast(SnapshotStatus, status),
         state=state,
         current_node=current_node,
         event=event,
@@ -318,7 +337,7 @@ def _explain_pickle(snapshot: WorkflowSnapshot, exc: BaseException, protocol: in
             return False
         return True
 
-    for path, value in _envelope_parts(snapshot):
+    for path, value in _envelope_parts(snapshot, _envelope(snapshot)):
         if picklable(value):
             continue
         if isinstance(value, dict):

@@ -20,13 +20,19 @@ def utc_now() -> datetime:
 
 @dataclass
 class Decision:
-    """One interrupt asked by a node and, once resumed, its answer."""
+    """One interrupt asked by a node and, once resumed, its answer.
+
+    ``step`` is how many nodes had completed when it was asked: it tells the interrupts
+    of the node's current visit (replayed, in order, when the node runs again) from those
+    of earlier visits of the same node in a loop.
+    """
 
     node: str
     payload: Any
     answer: Any = None
     asked_at: datetime = field(default_factory=utc_now)
     answered_at: datetime | None = None
+    step: int = field(default=0, compare=False)
 
 
 @dataclass
