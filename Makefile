@@ -34,7 +34,7 @@ pytest: $(READY) services
 
 bench: $(READY) services
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python bench/run.py
+	cd bench && ../$(BIN)/python run.py
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis

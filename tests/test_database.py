@@ -9,7 +9,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -385,3 +385,33 @@ def test_packet_sizer_matches_the_drivers_escaping() -> None:
     assert hex_sizer(data) >= len(pymysql.converters.escape_bytes(data))
     assert backslash_sizer(data) >= len(BackslashDriver.escape(data))
     assert backslash_sizer(data) < hex_sizer(data)
+
+
+def test_prune_in_batches_is_exact_with_ties_across_batches(
+    store: DatabasePersistence, engine: Engine
+) -> None:
+    """Prune deletes in batches that each start where the last ended; records sharing an
+    updated_at across a batch boundary must all go, newer ones all stay."""
+    from workflow_persistence import WorkflowInterrupt
+    from workflow_persistence._statements import PRUNE_BATCH
+
+    old_a = datetime(2020, 1, 1, tzinfo=UTC)
+    old_b = datetime(2020, 6, 1, tzinfo=UTC)
+    cutoff = datetime(2021, 1, 1, tzinfo=UTC)
+    data = JsonSerializer().dumps(WorkflowSnapshot("x"))
+    rows = [
+        {"workflow_id": f"old-{i}", "data": data, "version": 1,
+         "created_at": old_a if i < 1500 else old_b, "updated_at": old_a if i < 1500 else old_b}
+        for i in range(2 * PRUNE_BATCH + 300)
+    ]
+    rows += [
+        {"workflow_id": f"new-{i}", "data": data, "version": 1,
+         "created_at": cutoff, "updated_at": cutoff}  # exactly at the cutoff: kept
+        for i in range(50)
+    ]
+    with engine.begin() as conn:
+        conn.execute(sa.insert(WorkflowInterrupt), rows)
+    assert store.prune(cutoff) == 2 * PRUNE_BATCH + 300
+    remaining = store.list()
+    assert len(remaining) == 50
+    assert all(info.workflow_id.startswith("new-") for info in remaining)

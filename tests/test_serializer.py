@@ -1374,3 +1374,20 @@ def test_a_malicious_pickle_is_never_unpickled(tmp_path: Path) -> None:
             with pytest.raises(CorruptSnapshotError):
                 ser.loads(record)
     assert not marker.exists()
+
+
+def test_incompressible_bodies_skip_compression_and_compressible_ones_shrink() -> None:
+    import os as _os
+
+    from workflow_persistence import JsonSerializer as _Json
+    from workflow_persistence import WorkflowSnapshot as _Snapshot
+
+    serializer = _Json(compress_threshold=1 << 20)
+    random_blob = _Snapshot("w", state={"blob": _os.urandom(2 << 20)})
+    stored = serializer.dumps(random_blob)
+    assert stored.startswith(b"wfp:msgpack:")  # left as it is: zlib would not help
+    text = _Snapshot("w", state={"log": "approve refund " * 200_000})
+    packed = serializer.dumps(text)
+    assert packed.startswith(b"wfp:msgpack+zlib:")
+    assert len(packed) < len(_Json(compress_threshold=None).dumps(text)) / 10
+    assert serializer.loads(packed).state == text.state

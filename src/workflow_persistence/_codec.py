@@ -126,6 +126,8 @@ class ValueCodec:
             raise ValueError("unknown_classes must be 'error' or 'stand-in'")
         self.unknown_classes: UnknownClassPolicy = unknown_classes
         self._classes: dict[str, type] = {}
+        # class path -> (class, kind, rebuild(fields)), worked out once at registration
+        self._rebuilders: dict[str, tuple[type, str, Callable[[Any], Any]]] = {}
         self._packers: list[Any] = []  # idle msgpack Packers, see _pack_nested
         self._encoders: dict[type, Callable[[Any], Any]] = {
             tuple: self._enc_tuple,
@@ -175,6 +177,7 @@ class ValueCodec:
                 raise TypeError(f"{cls.__qualname__} is handled natively; do not register it")
             _check_state_class(cls)
             self._classes[class_path(cls)] = cls
+            self._rebuilders[class_path(cls)] = (cls, _kind_of(cls), _rebuilder(cls))
             self._encoders[cls] = self._object_encoder(cls)
 
     def is_registered(self, cls: type) -> bool:
@@ -213,6 +216,8 @@ class ValueCodec:
         return data
 
     def _default(self, obj: Any) -> Any:
+        if type(obj) is datetime and obj.tzinfo is UTC:  # by far the most common ext value
+            return _tuple_new(_ExtType, (EXT_DATETIME_UTC, obj.__reduce_ex__(4)[1][0]))
         encoder = self._encoders.get(type(obj))
         if encoder is None:
             raise TypeError(_unsupported_message(obj))
@@ -293,6 +298,8 @@ class ValueCodec:
         )
 
     def _ext_hook(self, code: int, payload: bytes) -> Any:
+        if code == EXT_DATETIME_UTC:  # by far the most common: skip the lookup
+            return _datetime_from_state(payload, UTC)
         decoder = self._decoders.get(code)
         if decoder is None:
             raise CorruptSnapshotError(f"unknown value type code {code} in stored data")
@@ -314,19 +321,20 @@ class ValueCodec:
         path, kind, fields = self.unpack(payload)
         if type(path) is not str or type(kind) is not str:
             raise CorruptSnapshotError("damaged object entry in stored data")
-        cls = self._classes.get(path)
-        if cls is None:
+        known = self._rebuilders.get(path)
+        if known is None:
             if self.unknown_classes == "stand-in":
                 return UnresolvedObject(path, kind, fields, raw=bytes(payload))
             raise CorruptSnapshotError(
                 f"stored data holds an instance of {path}, which is not registered with"
                 " this serializer; register the class (types=[...]) to load it"
             )
-        if kind != _kind_of(cls):
+        _, registered_kind, rebuild = known
+        if kind != registered_kind:
             raise CorruptSnapshotError(
-                f"stored data holds {path} as a {kind}, but that class is now a {_kind_of(cls)}"
+                f"stored data holds {path} as a {kind}, but that class is now a {registered_kind}"
             )
-        return _rebuild(cls, kind, fields)
+        return rebuild(fields)
 
     # -- error reporting ------------------------------------------------------------------
 
@@ -502,31 +510,46 @@ def _object_fields_getter(cls: type, kind: str) -> Callable[[Any], Any]:
     return lambda obj: obj.__getstate__()
 
 
-def _rebuild(cls: type, kind: str, fields: Any) -> Any:
+def _rebuilder(cls: type) -> Callable[[Any], Any]:
+    """How stored fields become an instance of ``cls`` again, prepared once per class."""
+    kind = _kind_of(cls)
     if kind == KIND_ENUM:
-        return cls(fields)
+        return cls
     if kind == KIND_PYDANTIC:
-        return cls.model_validate(fields)  # type: ignore[attr-defined]
-    obj = cast(Any, cls).__new__(cls)
-    if kind == KIND_DATACLASS:
+        return cast(Any, cls).model_validate  # type: ignore[no-any-return]
+    new = cast(Any, cls).__new__
+    if kind != KIND_DATACLASS:
+
+        def from_state(state: Any) -> Any:
+            obj = new(cls)
+            _set_state(obj, state)
+            return obj
+
+        return from_state
+    # Like pickle: restore the fields without running __init__ or __post_init__; a field
+    # added to the class since the record was written gets its default.
+    specs = [(f.name, f.default, f.default_factory) for f in dataclasses.fields(cls)]
+    missing = dataclasses.MISSING
+    set_field = object.__setattr__
+
+    def from_fields(fields: Any) -> Any:
         if type(fields) is not dict:
             raise CorruptSnapshotError(f"damaged fields of {class_path(cls)} in stored data")
-        # Like pickle: restore the fields without running __init__ or __post_init__;
-        # a field added to the class since the record was written gets its default.
-        for f in dataclasses.fields(cls):
-            if f.name in fields:
-                object.__setattr__(obj, f.name, fields[f.name])
-            elif f.default is not dataclasses.MISSING:
-                object.__setattr__(obj, f.name, f.default)
-            elif f.default_factory is not dataclasses.MISSING:
-                object.__setattr__(obj, f.name, f.default_factory())
+        obj = new(cls)
+        for name, default, factory in specs:
+            if name in fields:
+                set_field(obj, name, fields[name])
+            elif default is not missing:
+                set_field(obj, name, default)
+            elif factory is not missing:
+                set_field(obj, name, factory())
             else:
                 raise CorruptSnapshotError(
-                    f"stored {class_path(cls)} has no value for its field {f.name!r}"
+                    f"stored {class_path(cls)} has no value for its field {name!r}"
                 )
         return obj
-    _set_state(obj, fields)
-    return obj
+
+    return from_fields
 
 
 def _set_state(obj: Any, state: Any) -> None:

@@ -23,19 +23,18 @@ def frame(fmt: bytes, detail: bytes, body: bytes) -> bytes:
 
 def unframe(data: bytes | bytearray | memoryview) -> tuple[bytes, bytes, memoryview]:
     """Split a record into ``(format, detail, body)``; the body is a zero-copy view."""
-    view = memoryview(data)
-    if view[:4] != MAGIC:
+    raw = data if type(data) is bytes else bytes(memoryview(data)[:_MAX_HEADER])
+    if raw[:4] != MAGIC:
         raise CorruptSnapshotError(
             "not a workflow-persistence record: it does not start with the 'wfp:' header"
         )
-    head = bytes(view[:_MAX_HEADER])
-    end = head.find(b"\n")
+    end = raw.find(b"\n", 4, _MAX_HEADER)
     if end < 0:
         raise CorruptSnapshotError("damaged record: its header has no end")
-    fmt, sep, detail = head[4:end].partition(b":")
+    fmt, sep, detail = raw[4:end].partition(b":")
     if not sep or not fmt:
         raise CorruptSnapshotError("damaged record: its header names no format")
-    return fmt, detail, view[end + 1 :]
+    return fmt, detail, memoryview(data)[end + 1 :]
 
 
 def crc_detail(body: bytes | memoryview) -> bytes:

@@ -46,6 +46,7 @@ from sqlalchemy.dialects.postgresql import dml as postgresql_dml
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import dml as sqlite_dml
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.dml import ReturningDelete
 from sqlalchemy.sql.elements import ClauseElement
 
 from ._types import UTCDateTime
@@ -114,6 +115,7 @@ class TableStatements:
         self.select_version: Select[Any] = select(c.version).where(by_id)
         self.delete_one: Delete = delete(table).where(by_id)
         self.delete_older_than: Delete = self._delete_older_than(PRUNE_BATCH)
+        self.prune_batch: Delete | ReturningDelete[Any] = self._prune_batch()
 
     def _new_row(self) -> dict[str, Any]:
         return {
@@ -166,6 +168,30 @@ class TableStatements:
         # subquery ran is kept.
         oldest = select(c.workflow_id).where(old).order_by(c.updated_at).limit(batch)
         return delete(self.table).where(c.workflow_id.in_(oldest.scalar_subquery()), old)
+
+    def _prune_batch(self) -> Delete | ReturningDelete[Any]:
+        """One batch of ``prune``: at most PRUNE_BATCH records older than ``:cutoff``.
+
+        On PostgreSQL and SQLite each batch starts where the last one ended (``:floor``, the
+        newest ``updated_at`` it deleted, which RETURNING hands back): restarting from the
+        oldest end of the index would revisit every entry deleted so far, which PostgreSQL
+        cannot skip while any transaction is open, making a long prune quadratic.
+        """
+        if self.family == "mysql":
+            return self.delete_older_than  # DELETE .. LIMIT: no RETURNING to move a floor
+        c = self.table.c
+        old: ColumnElement[bool] = c.updated_at < bindparam("cutoff")
+        batch = (
+            select(c.workflow_id)
+            .where(c.updated_at >= bindparam("floor"), old)
+            .order_by(c.updated_at)
+            .limit(PRUNE_BATCH)
+        )
+        return (
+            delete(self.table)
+            .where(c.workflow_id.in_(batch.scalar_subquery()), old)
+            .returning(c.updated_at)
+        )
 
     def delete_older_than_batch(self, batch: int | None) -> Delete:
         """``DELETE`` of records older than ``:cutoff``, at most ``batch`` of them."""

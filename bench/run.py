@@ -1,0 +1,55 @@
+"""Run every benchmark and print one markdown report.
+
+    make bench                       # or: cd bench && ../.venv/bin/python run.py
+    WFP_BENCH_QUICK=1 make bench     # a smoke run with few iterations
+
+Each section measures the library and its comparison in the same run, interleaved, so
+the ratios hold on a noisy machine; absolute figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections.abc import Callable
+
+import contention
+import memory
+import persistence
+import repository
+import scale
+import serializer
+import vs_langgraph
+
+import workflow_persistence
+
+SECTIONS: list[tuple[str, Callable[[], str]]] = [
+    ("Serialization", serializer.run),
+    ("DatabasePersistence vs the raw driver", persistence.run),
+    ("The repository in a caller's transaction vs the raw driver", repository.run),
+    ("Against LangGraph's checkpointers", vs_langgraph.run),
+    ("Peak memory of a 64 MiB snapshot", memory.run),
+    ("Scale: 10^6 records, prune, list", scale.run),
+    ("Contention: 2 processes x 4 threads", contention.run),
+]
+
+
+def main(argv: list[str]) -> None:
+    wanted = {name.lower() for name in argv}
+    print("# workflow-persistence benchmarks\n")
+    print(
+        f"workflow-persistence {workflow_persistence.__version__}, Python"
+        f" {platform.python_version()}, {platform.machine()}, {time.strftime('%Y-%m-%d')}\n"
+    )
+    for title, run in SECTIONS:
+        if wanted and not any(w in title.lower() for w in wanted):
+            continue
+        started = time.perf_counter()
+        print(f"## {title}\n", flush=True)
+        print(run())
+        print(f"\n_({time.perf_counter() - started:.0f} s)_\n", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
