@@ -62,11 +62,13 @@ def interleaved(
     rounds: int = 10,
     warmup: int = 20,
     setup: Callable[[str], object] | None = None,
+    after_round: Callable[[str], object] | None = None,
 ) -> dict[str, Stats]:
     """Time each contender ``operations`` times, alternating rounds between them.
 
     ``setup(name)``, if given, runs before each timed call and is not timed (for
-    example to create the record a delete will remove).
+    example to create the record a delete will remove); ``after_round(name)`` runs,
+    untimed, after each round of a contender (for example to commit).
     """
     if QUICK:
         operations, rounds, warmup = max(rounds, operations // 20), min(rounds, 4), 3
@@ -75,6 +77,8 @@ def interleaved(
             if setup:
                 setup(name)
             fn()
+        if after_round:
+            after_round(name)
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     per_round = max(1, operations // rounds)
     order = list(contenders)
@@ -93,6 +97,8 @@ def interleaved(
                     started = clock()
                     fn()
                     out.append(clock() - started)
+                if after_round:
+                    after_round(name)
             gc.collect()
     finally:
         if gc_was_enabled:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +28,8 @@ from workflow_persistence import (
 )
 from workflow_persistence._database import make_engine
 
+from . import wire
+
 
 @pytest.fixture
 def store(engine: Engine) -> Iterator[DatabasePersistence]:
@@ -44,40 +45,12 @@ def _leased_dbapi_connection(store: DatabasePersistence) -> Any:
 
 
 def round_trips(store: DatabasePersistence, kind: str, action: Callable[[], object]) -> int:
-    """Client/server round trips (statements) made by ``action`` in steady state, counted
-    on the wire. psycopg prepares a statement on its 6th use on a connection, which
-    costs one extra round trip that once; the warm-up runs past it."""
+    """Round trips of ``action`` in steady state: psycopg prepares a statement on its
+    6th use on a connection, which costs one extra round trip that once; the warm-up
+    runs past it."""
     for _ in range(6):
         action()
-    conn = _leased_dbapi_connection(store)
-    if kind == "postgresql":
-        from psycopg import pq
-
-        with tempfile.TemporaryFile("w+") as trace:
-            conn.pgconn.trace(trace.fileno())
-            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
-            action()
-            conn.pgconn.untrace()
-            trace.seek(0)
-            return trace.read().count("\tReadyForQuery\t")
-    if kind == "mariadb":
-        def questions() -> int:
-            cursor = conn.cursor()
-            cursor.execute("SHOW SESSION STATUS LIKE 'Questions'")
-            value = int(cursor.fetchone()[1])
-            cursor.close()
-            return value
-
-        before = questions()
-        action()
-        return questions() - before - 1  # the second SHOW counts itself
-    statements: list[str] = []
-    conn.set_trace_callback(statements.append)  # includes any implicit BEGIN/COMMIT
-    try:
-        action()
-    finally:
-        conn.set_trace_callback(None)
-    return len(statements)
+    return wire.round_trips(_leased_dbapi_connection(store), kind, action)
 
 
 def test_save_and_load_are_one_round_trip_each(store: DatabasePersistence, db_kind: str) -> None:

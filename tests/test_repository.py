@@ -21,6 +21,8 @@ from workflow_persistence import (
     WorkflowInterruptRepository,
 )
 
+from . import wire
+
 
 @pytest.fixture
 def session(engine: Engine) -> Iterator[Session]:
@@ -119,6 +121,7 @@ def test_one_statement_per_upsert(engine: Engine, session: Session, case: str) -
     repo.upsert("warm-up", b"x")  # MySQL reads max_allowed_packet once per connection
     if case in ("existing", "expected-n"):
         repo.upsert("w", b"v1")
+    session.commit()  # listeners are looked at once per transaction
     with StatementCounter(engine) as counter:
         if case == "new":
             version = repo.upsert("w", b"v1")
@@ -133,6 +136,54 @@ def test_one_statement_per_upsert(engine: Engine, session: Session, case: str) -
     assert version == (1 if case in ("new", "expected-0") else 2)
     session.commit()
     assert _stored(engine, "w") == ((b"v1", 1) if version == 1 else (b"v2", 2))
+
+
+@pytest.mark.parametrize("case", ["new", "existing", "expected-0", "expected-n"])
+def test_one_round_trip_per_upsert_on_the_fast_path(
+    engine: Engine, session: Session, db_kind: str, case: str
+) -> None:
+    """With no listeners the repository runs on the session's DBAPI connection; still
+    exactly one statement per upsert, counted on the wire."""
+    repo = _repo(session)
+    for n in range(6):  # past psycopg's prepare threshold, and MySQL's one-time limit read
+        repo.upsert(f"warm-{n}", b"x")
+        repo.upsert(f"warm-{n}", b"x", expected_version=1)
+        repo.upsert(f"warm-new-{n}", b"x", expected_version=0)
+    if case in ("existing", "expected-n"):
+        repo.upsert("w", b"v1")
+    dbapi = session.connection().connection.dbapi_connection
+    action = {
+        "new": lambda: repo.upsert("w", b"v1"),
+        "existing": lambda: repo.upsert("w", b"v2"),
+        "expected-0": lambda: repo.upsert("w", b"v1", expected_version=0),
+        "expected-n": lambda: repo.upsert("w", b"v2", expected_version=1),
+    }[case]
+    assert wire.round_trips(dbapi, db_kind, action) == 1
+    session.commit()
+    assert _stored(engine, "w") == ((b"v1", 1) if case in ("new", "expected-0") else (b"v2", 2))
+
+
+def test_listeners_and_echo_see_the_statements(engine: Engine, session: Session) -> None:
+    """An engine someone observes (events, echo, OpenTelemetry) is not bypassed."""
+    repo = _repo(session)
+    with StatementCounter(engine) as counter:
+        repo.upsert("w", b"x")
+        repo.get("w")
+        repo.exists("w")
+        repo.list(limit=5)
+        repo.delete("w")
+    verbs = [s.lstrip().split()[0].upper() for s in counter.statements]
+    assert verbs == ["INSERT", "SELECT", "SELECT", "SELECT", "DELETE"]
+
+
+def test_get_returns_the_sessions_persistent_instance(session: Session) -> None:
+    repo = _repo(session)
+    repo.upsert("w", b"x")
+    row = repo.get("w")
+    assert row is not None
+    assert sa.inspect(row).persistent and row in session
+    assert session.get(WorkflowInterrupt, "w") is row  # the identity map knows it
+    assert not session.dirty  # loaded values, not pending changes
 
 
 def test_conflicts_raise_and_change_nothing(engine: Engine, session: Session) -> None:

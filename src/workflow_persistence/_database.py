@@ -16,8 +16,8 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, event, inspect
@@ -26,17 +26,11 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 
-from . import _mysql
-from ._base import Record, RecordPersistence, version_conflict
+from . import _operations as operations
+from ._base import Record, RecordPersistence
+from ._operations import PRUNE_BATCH, DialectPlan, plan_for
 from ._serializers import Serializer
-from ._snapshot import StoredSnapshotInfo, utc_now
-from ._statements import (
-    PRUNE_BATCH,
-    CompiledSQL,
-    TableStatements,
-    statements_for,
-    timestamp_processors,
-)
+from ._snapshot import StoredSnapshotInfo
 from .errors import (
     InvalidArgumentError,
     PayloadTooLargeError,
@@ -49,8 +43,6 @@ __all__ = ["DatabasePersistence", "make_engine"]
 
 #: A leased connection idle longer than this goes back to the pool (seconds).
 IDLE_RETURN_SECONDS = 30.0
-#: Where the first prune batch starts: before any timestamp a record can carry.
-_OLDEST = datetime(1, 1, 1, tzinfo=UTC)
 #: After loading a record this large, the lease's cursor is replaced to free the result.
 _RELEASE_RESULT_BYTES = 256 * 1024
 CONNECT_TIMEOUT_SECONDS = 5
@@ -138,27 +130,6 @@ def _engine_of(bind: object) -> tuple[Engine, bool]:
     raise InvalidArgumentError(
         f"bind must be a database URL, an Engine or a sessionmaker, not {type(bind).__name__}"
     )
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Everything the hot path needs, prepared once per persistence."""
-
-    statements: TableStatements
-    upsert: CompiledSQL
-    insert_new: CompiledSQL
-    update_if_version: CompiledSQL
-    select_record: CompiledSQL
-    select_version: CompiledSQL
-    delete_one: CompiledSQL
-    prune_batch: CompiledSQL
-    list_variants: dict[tuple[bool, bool], CompiledSQL]
-    to_db: Callable[[datetime], Any]
-    from_db: Callable[[Any], datetime]
-    select_options: dict[str, Any]  # psycopg 3: binary=True, so bytea is not sent as hex
-    unprepared: dict[str, Any]  # psycopg 3: prepare=False, for the prune batches
-    family: str
-    driver: str
 
 
 class _Lease:
@@ -297,7 +268,7 @@ class DatabasePersistence(RecordPersistence):
         self.model = model
         self.table: Table = model.__table__  # type: ignore[attr-defined]
         self.create_table = create_table
-        self._plan: _Plan | None = None
+        self._plan: DialectPlan | None = None
         self._init_lock = threading.Lock()
         self._leases = _Leases(self.engine)
         _live_leases.add(self._leases)
@@ -323,12 +294,15 @@ class DatabasePersistence(RecordPersistence):
 
     # -- preparing ----------------------------------------------------------------------
 
-    def _prepare(self) -> _Plan:
+    def _prepare(self) -> DialectPlan:
         with self._init_lock:
             if self._plan is None:
                 if self.create_table:
                     self._ensure_table()
-                self._plan = self._build_plan()
+                if self.engine.dialect.server_version_info is None:
+                    # MySQL's statements depend on the server: connect before compiling.
+                    self._leases.release(self._leases.checkout())
+                self._plan = plan_for(self.table, self.engine.dialect)
             return self._plan
 
     def _ensure_table(self) -> None:
@@ -351,49 +325,9 @@ class DatabasePersistence(RecordPersistence):
                 f"cannot reach the database {self.engine.url!r}: {_first_line(exc)}"
             ) from exc
 
-    def _build_plan(self) -> _Plan:
-        dialect = self.engine.dialect
-        if dialect.server_version_info is None:  # learn the server before compiling
-            self._leases.release(self._leases.checkout())
-        statements = statements_for(self.table, dialect)
-        to_db, from_db = timestamp_processors(dialect)
-        select_options: dict[str, Any] = {}
-        binary: frozenset[str] = frozenset()
-        if dialect.driver == "psycopg":
-            # Send and receive the blob in binary format instead of hex text.
-            binary = frozenset({"wf_data"})
-            select_options["binary"] = True
-
-        def compile_(stmt: Any, dialect: Any) -> CompiledSQL:
-            return statements.compile(stmt, dialect, binary=binary)
-
-        return _Plan(
-            statements=statements,
-            upsert=compile_(statements.upsert, dialect),
-            insert_new=compile_(statements.insert_new, dialect),
-            update_if_version=compile_(statements.update_if_version, dialect),
-            select_record=compile_(statements.select_record, dialect),
-            select_version=compile_(statements.select_version, dialect),
-            delete_one=compile_(statements.delete_one, dialect),
-            prune_batch=compile_(statements.prune_batch, dialect),
-            list_variants={
-                (before, limited): compile_(
-                    statements.select_infos(before=before, limited=limited), dialect
-                )
-                for before in (False, True)
-                for limited in (False, True)
-            },
-            to_db=to_db,
-            from_db=from_db,
-            select_options=select_options,
-            unprepared={"prepare": False} if dialect.driver == "psycopg" else {},
-            family=statements.family,
-            driver=dialect.driver,
-        )
-
     # -- running one statement ----------------------------------------------------------
 
-    def _run(self, fn: Callable[[_Lease, _Plan], Any], *, read_only: bool = False) -> Any:
+    def _run(self, fn: Callable[[_Lease, DialectPlan], Any], *, read_only: bool = False) -> Any:
         """Run ``fn(lease, plan)`` on a leased connection in autocommit.
 
         A read that finds its leased connection dead (the server restarted, or closed
@@ -458,111 +392,55 @@ class DatabasePersistence(RecordPersistence):
     def _write(
         self, workflow_id: str, data: bytes, expected_version: int | None
     ) -> tuple[int, datetime]:
-        def write(lease: _Lease, plan: _Plan) -> tuple[int, datetime]:
-            if plan.family == "mysql":
-                _mysql.check_packet_size(lease.conn, data)
-            elif plan.family == "sqlite":
-                _check_sqlite_length(lease.conn.dbapi_connection, data)
-            cursor = lease.cursor
-            now = utc_now()
-            values = {"wf_id": workflow_id, "wf_data": data, "now": plan.to_db(now)}
-            if expected_version is None:
-                cursor.execute(plan.upsert.sql, plan.upsert.params(values))
-                if plan.family == "mysql":
-                    return plan.statements.upserted_version(None, cursor.lastrowid), now
-                return int(cursor.fetchone()[0]), now
-            if expected_version == 0:
-                cursor.execute(plan.insert_new.sql, plan.insert_new.params(values))
-                lastrowid = cursor.lastrowid if plan.family == "mysql" else None
-                if not plan.statements.inserted_new(cursor.rowcount, lastrowid):
-                    raise version_conflict(workflow_id, 0, None)
-                return 1, now
-            values["expected_version"] = expected_version
-            cursor.execute(plan.update_if_version.sql, plan.update_if_version.params(values))
-            if cursor.rowcount != 1:
-                raise version_conflict(workflow_id, expected_version, None)
-            return expected_version + 1, now
-
-        return self._run(write)  # type: ignore[no-any-return]
+        return self._run(  # type: ignore[no-any-return]
+            lambda lease, plan: operations.save(
+                lease.cursor, lease.conn, plan, workflow_id, data, expected_version
+            )
+        )
 
     def _read(self, workflow_id: str) -> Record | None:
-        def read(lease: _Lease, plan: _Plan) -> Record | None:
-            cursor = lease.cursor
-            stmt = plan.select_record
-            cursor.execute(stmt.sql, stmt.params({"wf_id": workflow_id}), **plan.select_options)
-            row = cursor.fetchone()
-            if row is None:
-                return None
-            data, version, created_at, updated_at = row
-            if type(data) is not bytes:
-                data = bytes(data)
-            if len(data) >= _RELEASE_RESULT_BYTES:
+        def read(lease: _Lease, plan: DialectPlan) -> Record | None:
+            record: Record | None = operations.read(lease.cursor, plan, workflow_id)
+            if record is not None and len(record[0]) >= _RELEASE_RESULT_BYTES:
                 lease.fresh_cursor()  # an idle lease must not pin a large result
-            return data, version, plan.from_db(created_at), plan.from_db(updated_at)
+            return record
 
         return self._run(read, read_only=True)  # type: ignore[no-any-return]
 
     def _remove(self, workflow_id: str) -> bool:
-        def remove(lease: _Lease, plan: _Plan) -> bool:
-            stmt = plan.delete_one
-            lease.cursor.execute(stmt.sql, stmt.params({"wf_id": workflow_id}))
-            return bool(lease.cursor.rowcount > 0)
-
-        return self._run(remove)  # type: ignore[no-any-return]
+        return self._run(  # type: ignore[no-any-return]
+            lambda lease, plan: operations.remove(lease.cursor, plan, workflow_id)
+        )
 
     def _contains(self, workflow_id: str) -> bool:
-        def contains(lease: _Lease, plan: _Plan) -> bool:
-            stmt = plan.select_version
-            lease.cursor.execute(stmt.sql, stmt.params({"wf_id": workflow_id}))
-            return lease.cursor.fetchone() is not None
-
-        return self._run(contains, read_only=True)  # type: ignore[no-any-return]
+        return self._run(  # type: ignore[no-any-return]
+            lambda lease, plan: operations.contains(lease.cursor, plan, workflow_id),
+            read_only=True,
+        )
 
     def _infos(
         self, updated_before: datetime | None, limit: int | None
     ) -> builtins.list[StoredSnapshotInfo]:
         if limit == 0:
             return []
-
-        def infos(lease: _Lease, plan: _Plan) -> builtins.list[StoredSnapshotInfo]:
-            stmt = plan.list_variants[(updated_before is not None, limit is not None)]
-            values: dict[str, Any] = {}
-            if updated_before is not None:
-                values["before"] = plan.to_db(updated_before)
-            if limit is not None:
-                values["limit"] = limit
-            lease.cursor.execute(stmt.sql, stmt.params(values))
-            from_db = plan.from_db
-            return [
-                StoredSnapshotInfo(wid, from_db(created), from_db(updated), version)
-                for wid, created, updated, version in lease.cursor.fetchall()
-            ]
-
-        return self._run(infos, read_only=True)  # type: ignore[no-any-return]
+        return self._run(  # type: ignore[no-any-return]
+            lambda lease, plan: operations.infos(lease.cursor, plan, updated_before, limit),
+            read_only=True,
+        )
 
     def _remove_older_than(self, cutoff: datetime) -> int:
-        floor: Any = None
-
-        def remove_batch(lease: _Lease, plan: _Plan) -> tuple[int, Any]:
-            stmt = plan.prune_batch
-            values = {"cutoff": plan.to_db(cutoff), "floor": floor}
-            if floor is None:
-                values["floor"] = plan.to_db(_OLDEST)
-            # Not prepared: a generic plan for the two bounds scans far more of the index.
-            lease.cursor.execute(stmt.sql, stmt.params(values), **plan.unprepared)
-            if plan.family == "mysql":
-                return int(lease.cursor.rowcount), None
-            deleted = [row[0] for row in lease.cursor.fetchall()]
-            return len(deleted), max(deleted, default=None)
-
-        total = 0
+        total, floor = 0, None
         while True:  # one short statement per batch, each its own transaction
+            batch = partial(_prune_batch, cutoff=cutoff, floor=floor)
             removed: int
-            removed, newest = self._run(remove_batch)
+            removed, floor = self._run(batch)
             total += removed
             if removed < PRUNE_BATCH:
                 return total
-            floor = newest  # the next batch starts where this one ended
+
+
+def _prune_batch(lease: _Lease, plan: DialectPlan, *, cutoff: datetime, floor: Any) -> Any:
+    return operations.prune_batch(lease.cursor, plan, cutoff, floor)
 
 
 def _shutdown(leases: _Leases, owned_engine: Engine | None) -> None:
@@ -570,18 +448,6 @@ def _shutdown(leases: _Leases, owned_engine: Engine | None) -> None:
         leases.close()
         if owned_engine is not None:
             owned_engine.dispose()
-
-
-def _check_sqlite_length(dbapi_connection: Any, data: bytes) -> None:
-    import sqlite3
-
-    limit = dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
-    if len(data) > limit:
-        raise PayloadTooLargeError(
-            f"the snapshot is {len(data)} bytes, more than SQLite's limit of {limit}",
-            size=len(data),
-            limit=limit,
-        )
 
 
 def _is_too_large(exc: BaseException) -> bool:
