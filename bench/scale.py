@@ -559,12 +559,13 @@ def xmin_holders(db: BenchDatabase) -> tuple[int, float]:
 
 
 def explain_delete(db: BenchDatabase, persistence: DatabasePersistence, cutoff: datetime) -> str:
-    """The plan of the library's batch DELETE (not run: plain EXPLAIN)."""
+    """The plan of the library's first prune batch (not run: plain EXPLAIN)."""
+    from workflow_persistence._operations import OLDEST
+
     plan = persistence._plan
     assert plan is not None
-    return explain_statement(
-        db, persistence, "delete_older_than", {"cutoff": plan.to_db(cutoff)}
-    )
+    values = {"cutoff": plan.to_db(cutoff), "floor": plan.to_db(OLDEST)}
+    return explain_statement(db, persistence, "prune_batch", values)
 
 
 def explain_statement(

@@ -5,9 +5,8 @@ as its ``from_conn_string`` does (autocommit, ``prepare_threshold=0``, ``dict_ro
 against ``DatabasePersistence`` on the same scratch database. SQLite:
 ``langgraph.checkpoint.sqlite.SqliteSaver`` on a file (``check_same_thread=False``)
 against ``DatabasePersistence("sqlite:///...")`` on a file of its own in the same
-temporary directory. SqliteSaver's ``setup`` switches its file to WAL; ours is measured on
-a file left as SQLite makes it ("ours") and, in the same rounds, on a file switched to WAL
-by this benchmark ("ours, WAL file"), so the journal mode is told apart from the code.
+temporary directory; both files are in WAL mode (SqliteSaver's ``setup`` and
+DatabasePersistence each switch theirs).
 
 Each cell times the contenders in alternating rounds (``interleaved``):
 
@@ -396,14 +395,10 @@ def bench_sqlite(directory: Path, results: Results) -> None:
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     with bench_database("sqlite", directory) as plain, \
-            bench_database("sqlite", directory) as wal, \
             bench_database("sqlite", directory) as theirs:
-        with sqlite3.connect(_path(wal)) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")  # kept by the file
-        ours = {
-            "ours": DatabasePersistence(plain.url),
-            "ours, WAL file": DatabasePersistence(wal.url),
-        }
+        # Both in WAL mode: SqliteSaver's setup switches its file, DatabasePersistence
+        # switches a file it opens from a URL.
+        ours = {"ours": DatabasePersistence(plain.url)}
         for persistence in ours.values():
             persistence.exists("warm-up")
         conn = sqlite3.connect(_path(theirs), check_same_thread=False)

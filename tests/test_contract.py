@@ -277,3 +277,9 @@ def test_corrupt_data_raises_corrupt_snapshot_error(store: Persistence) -> None:
         store.serializer = real
     with pytest.raises(CorruptSnapshotError):
         store.load("w")
+
+
+def test_prune_with_the_largest_age_prunes_nothing(store: Persistence) -> None:
+    store.save(WorkflowSnapshot("w"))
+    assert store.prune(timedelta.max) == 0
+    assert store.exists("w")

@@ -388,3 +388,38 @@ def test_prune_in_batches_is_exact_with_ties_across_batches(
     remaining = store.list()
     assert len(remaining) == 50
     assert all(info.workflow_id.startswith("new-") for info in remaining)
+
+
+def test_an_engine_on_a_singleton_thread_pool_works() -> None:
+    """create_engine("sqlite://") gives each thread its own connection: never share."""
+    engine = sa.create_engine("sqlite://")
+    store = DatabasePersistence(engine)
+    store.save(WorkflowSnapshot("w", state={"n": 1}))
+    assert store.load("w").state == {"n": 1}
+    store.close()
+    engine.dispose()
+
+
+def test_leases_idle_too_long_go_back_to_the_pool(store: DatabasePersistence,
+                                                   engine: Engine) -> None:
+    from workflow_persistence import _database
+
+    barrier = threading.Barrier(3)
+
+    def burst() -> None:
+        barrier.wait()
+        store.load("missing") if store.exists("missing") else store.exists("x")
+
+    threads = [threading.Thread(target=burst) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(store._leases.idle) >= 1
+    # Age every idle lease past the limit; the next release sweeps the stale ones back.
+    store._leases.idle = [
+        (lease, since - _database.IDLE_RETURN_SECONDS - 1) for lease, since in store._leases.idle
+    ]
+    store.exists("x")
+    assert len(store._leases.idle) == 1  # only the lease just used stays
+    assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]

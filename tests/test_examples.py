@@ -24,7 +24,7 @@ def _run(script: str, cwd: Path, *args: str) -> str:
 def test_approval_example(tmp_path: Path) -> None:
     out = _run("approval.py", tmp_path).splitlines()
     assert "interrupted, asking: Buy from ACME for 3749.70 EUR?" in out[0]
-    assert out[1] == "stored at version 2, waiting at node 'manager_approval'"
+    assert out[1] == "stored at version 3, waiting at node 'manager_approval'"
     assert out[2].endswith("completed: ordered 3 x laptop, approved by maria")
     assert (tmp_path / "approval.db").exists()
 

@@ -579,3 +579,39 @@ def test_file_copied_under_another_name_is_not_listed(
     with pytest.raises(WorkflowNotFoundError):
         store.load("copy")
     assert not store.exists("copy")
+
+
+def test_list_skips_what_is_not_a_snapshot_file(tmp_path: Path) -> None:
+    directory = tmp_path / "store"
+    store = FilePersistence(directory)
+    store.save(WorkflowSnapshot("kept"))
+    (directory / "nested.wfp").mkdir()  # a directory named like a snapshot file
+    (directory / "junk.wfp").write_bytes(b"wfp-file 1 " + b"[" * 100_000 + b"\n")
+    assert [info.workflow_id for info in store.list()] == ["kept"]
+    assert store.prune(timedelta(0)) == 1
+
+
+def _save_in_child(directory: str, result: Any) -> None:
+    store = _forked_store[0]  # the parent's object, inherited by the fork
+    assert str(store.directory) == directory
+    store.save(WorkflowSnapshot("child"))
+    result.put("saved")
+
+
+_forked_store: list[FilePersistence] = []
+
+
+def test_a_fork_while_another_thread_holds_the_lock_does_not_deadlock(tmp_path: Path) -> None:
+    import multiprocessing as mp
+
+    store = FilePersistence(tmp_path / "store")
+    _forked_store[:] = [store]
+    context = mp.get_context("fork")
+    result = context.SimpleQueue()
+    with store._thread_lock:  # as if another thread were in the middle of a save
+        child = context.Process(target=_save_in_child, args=(str(store.directory), result))
+        child.start()
+        child.join(timeout=30)
+    assert child.exitcode == 0
+    assert result.get() == "saved"
+    assert store.exists("child")

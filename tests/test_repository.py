@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import DeclarativeBase, Session
 
 from workflow_persistence import (
     ConflictError,
@@ -18,6 +18,7 @@ from workflow_persistence import (
     InvalidWorkflowIdError,
     PayloadTooLargeError,
     WorkflowInterrupt,
+    WorkflowInterruptMixin,
     WorkflowInterruptRepository,
 )
 
@@ -279,3 +280,45 @@ def test_oversized_payload_on_mariadb_leaves_the_row_intact(
     assert repo.get("w").data == b"small"  # type: ignore[union-attr]
     assert repo.upsert("w", b"after") == 2  # the session and its connection still work
     session.commit()
+
+
+class _OtherBase(DeclarativeBase):
+    pass
+
+
+class _NeverCreated(WorkflowInterruptMixin, _OtherBase):
+    __tablename__ = "wfp_table_that_was_never_created"
+
+
+def test_driver_errors_come_out_as_the_librarys(session: Session) -> None:
+    from workflow_persistence import PersistenceError
+
+    repo = WorkflowInterruptRepository(session, model=_NeverCreated)
+    with pytest.raises(PersistenceError, match="does not exist") as caught:
+        repo.upsert("w", b"x")
+    assert caught.value.__cause__ is not None  # the driver's own error
+    session.rollback()
+
+
+def test_delete_older_than_with_expired_instances(engine: Engine) -> None:
+    """After a commit the session's instances are expired; dropping them must not load
+    rows that the DELETE just removed."""
+    with Session(engine) as session:
+        repo = _repo(session)
+        repo.upsert("a", b"x")
+        session.commit()
+        held = repo.get("a")
+        session.commit()  # expires ``held``
+        assert repo.delete_older_than(datetime.now(UTC) + timedelta(seconds=1)) == 1
+        assert held not in session
+        session.commit()
+
+
+def test_two_repositories_share_a_session_through_a_large_read(session: Session) -> None:
+    first, second = _repo(session), _repo(session)
+    big = b"x" * 300_000  # large enough that reading it gives the connection a new cursor
+    first.upsert("big", big)
+    assert second.exists("big")
+    assert first.get("big").data == big  # type: ignore[union-attr]
+    assert second.upsert("other", b"y") == 1  # the other repository's cursor still works
+    assert second.get("big").data == big  # type: ignore[union-attr]

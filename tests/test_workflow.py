@@ -24,6 +24,7 @@ from workflow_persistence import (
     Persistence,
     RetryPolicy,
     RunResult,
+    SerializationError,
     StartEvent,
     StopEvent,
     Workflow,
@@ -90,7 +91,7 @@ def test_the_saved_snapshot_is_complete(store: Persistence) -> None:
     assert snapshot.error is None
     assert snapshot.metadata == {"user": "ana"}
     assert snapshot.created_at <= snapshot.updated_at
-    assert snapshot.version == 2  # claimed at start (1), paused (2)
+    assert snapshot.version == 3  # claimed at start (1), saved after draft (2), paused (3)
 
 
 def test_a_declined_answer_is_recorded_in_history(store: Persistence) -> None:
@@ -317,8 +318,8 @@ class LoadBarrier(Persistence):
     def save(self, snapshot: WorkflowSnapshot, *, expected_version: int | None = None) -> int:
         return self.inner.save(snapshot, expected_version=expected_version)
 
-    def delete(self, workflow_id: str) -> bool:
-        return self.inner.delete(workflow_id)
+    def delete(self, workflow_id: str, *, expected_version: int | None = None) -> bool:
+        return self.inner.delete(workflow_id, expected_version=expected_version)
 
     def exists(self, workflow_id: str) -> bool:
         return self.inner.exists(workflow_id)
@@ -590,3 +591,122 @@ def test_the_demo_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "interrupted" in result.stdout and "completed" in result.stdout
     assert (tmp_path / "workflow_persistence.db").exists()
+
+
+# -- failures the runtime itself meets -------------------------------------------------------
+
+
+@dataclass
+class Handed(Event):
+    pass
+
+
+def test_unstorable_state_fails_the_node_that_wrote_it(store: Persistence) -> None:
+    fixed = [False]
+
+    def writer(event: StartEvent, state: WorkflowState) -> Handed:
+        state["callback"] = "ok" if fixed[0] else (lambda: 1)
+        return Handed()
+
+    def reader(event: Handed, state: WorkflowState) -> StopEvent:
+        return StopEvent(result=state["callback"])
+
+    workflow = Workflow([writer, reader], persistence=store, types=[Handed])
+    with pytest.raises(SerializationError) as caught:
+        workflow.start(workflow_id="w")
+    assert caught.value.path == "state['callback']"
+    snapshot = store.load("w")  # not stranded as "running": failed, and resumable
+    assert (snapshot.status, snapshot.current_node) == ("failed", "writer")
+    assert snapshot.error is not None and "callback" in snapshot.error.message
+    fixed[0] = True
+    assert workflow.resume("w").result == "ok"
+
+
+def test_an_unstorable_interrupt_payload_fails_the_node(store: Persistence) -> None:
+    def asker(event: StartEvent, state: WorkflowState) -> StopEvent:
+        return StopEvent(result=interrupt({"reply_to": print}))
+
+    with pytest.raises(SerializationError):
+        Workflow([asker], persistence=store).start(workflow_id="w")
+    snapshot = store.load("w")
+    assert (snapshot.status, snapshot.current_node, snapshot.history) == ("failed", "asker", [])
+
+
+def test_an_interrupt_caught_and_reraised_fails_the_node(store: Persistence) -> None:
+    def clumsy(event: StartEvent, state: WorkflowState) -> StopEvent:
+        try:
+            interrupt("pause?")
+        except BaseException as exc:
+            raise ValueError("wrapped") from exc
+        return StopEvent()
+
+    with pytest.raises(WorkflowDefinitionError, match="clumsy"):
+        Workflow([clumsy], persistence=store).start(workflow_id="w")
+    assert store.load("w").status == "failed"
+
+
+def test_a_running_run_is_saved_after_every_node(store: Persistence) -> None:
+    seen: list[tuple[str, str | None, list[str]]] = []
+
+    def first(event: StartEvent, state: WorkflowState) -> Handed:
+        state["n"] = 1
+        return Handed()
+
+    def second(event: Handed, state: WorkflowState) -> StopEvent:
+        stored = store.load(state.workflow_id)
+        seen.append((stored.status, stored.current_node, stored.completed_nodes))
+        assert stored.state == {"n": 1} and stored.event == Handed()
+        return StopEvent()
+
+    Workflow([first, second], persistence=store, types=[Handed]).start(workflow_id="w")
+    assert seen == [("running", "second", ["first"])]
+
+
+def test_an_answer_can_be_bound_to_its_question(store: Persistence) -> None:
+    def two_questions(event: StartEvent, state: WorkflowState) -> StopEvent:
+        return StopEvent(result=(interrupt("first?"), interrupt("second?")))
+
+    workflow = Workflow([two_questions], persistence=store)
+    first = workflow.start(workflow_id="w")
+    assert first.version is not None
+    second = workflow.resume("w", "a", expected_version=first.version)
+    assert second.interrupt == "second?"
+    # A duplicate of the first answer (a double click) must not answer the second question.
+    with pytest.raises(ConflictError, match="moved on"):
+        workflow.resume("w", "a", expected_version=first.version)
+    assert store.load("w").history[-1].answered_at is None
+    assert workflow.resume("w", "b", expected_version=second.version).result == ("a", "b")
+
+
+def test_a_claimant_that_was_taken_over_does_not_delete_the_run(store: Persistence) -> None:
+    effects = flows.SideEffects()
+    workflow = flows.counting_workflow(store, effects, block=True)
+    workflow.start(workflow_id="w")
+    outcome: list[BaseException | RunResult] = []
+
+    def slow_claimant() -> None:
+        try:
+            outcome.append(workflow.resume("w", "go"))
+        except ConflictError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=slow_claimant)
+    worker.start()
+    assert effects.entered.wait(timeout=30)
+    effects.entered.clear()
+    # Taken over (as if the claimant were dead); the new claimant pauses the run again.
+    quick = flows.counting_workflow(store, effects, block=False)
+    assert quick.resume("w", take_over=True).status == "completed"
+    quick.start(workflow_id="w")  # a new run under the same id, waiting for an answer
+    effects.release.set()
+    worker.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], ConflictError)
+    assert store.load("w").status == "interrupted"  # the old claimant left it alone
+
+
+def test_a_node_without_named_parameters_is_refused() -> None:
+    def anything(*args: Any) -> StopEvent:
+        return StopEvent()
+
+    with pytest.raises(WorkflowDefinitionError, match="anything"):
+        Workflow([anything])

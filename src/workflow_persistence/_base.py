@@ -7,8 +7,10 @@ version and timestamps; every check that can fail happens here, before any I/O.
 from __future__ import annotations
 
 import builtins
+import os
+import weakref
 from abc import abstractmethod
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from ._ids import check_workflow_id
 from ._serializers import JsonSerializer, Serializer
@@ -77,7 +79,10 @@ def prune_cutoff(older_than: object) -> datetime:
     if isinstance(older_than, timedelta):
         if older_than < timedelta(0):
             raise InvalidArgumentError("older_than must not be a negative age")
-        return utc_now() - older_than
+        try:
+            return utc_now() - older_than
+        except OverflowError:  # older than the calendar: nothing is that old
+            return datetime(1, 1, 1, tzinfo=UTC)
     if isinstance(older_than, datetime):
         return check_aware(older_than, "older_than")
     raise InvalidArgumentError(
@@ -85,11 +90,28 @@ def prune_cutoff(older_than: object) -> datetime:
     )
 
 
+_forked_objects: weakref.WeakSet[RecordPersistence] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for persistence in list(_forked_objects):
+        persistence._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class RecordPersistence(Persistence):
     """A persistence that keeps each snapshot as one encoded record."""
 
     def __init__(self, serializer: Serializer | None = None) -> None:
         self.serializer = JsonSerializer() if serializer is None else serializer
+        _forked_objects.add(self)
+
+    def _after_fork(self) -> None:
+        """Renew in-process locks in a forked child: a lock another thread held at the
+        moment of the fork would never be released there."""
 
     # -- what a backend implements ------------------------------------------------------
 
@@ -100,15 +122,18 @@ class RecordPersistence(Persistence):
         """Store ``data`` atomically; return ``(new version, updated_at)``.
 
         Raise ConflictError on a failed compare-and-set. ``updated_at`` is taken when the
-        write happens (under the backend's lock, if it has one), so a later version never
-        carries an earlier time.
+        write happens: under the lock for the file and memory backends, so a later version
+        never carries an earlier time there; from the caller's clock just before the
+        statement for the database (concurrent writers on several machines may disagree by
+        their clocks' skew).
         """
 
     @abstractmethod
     def _read(self, workflow_id: str) -> Record | None: ...
 
     @abstractmethod
-    def _remove(self, workflow_id: str) -> bool: ...
+    def _remove(self, workflow_id: str, expected_version: int | None) -> bool:
+        """Delete the record (only at ``expected_version``, if given; else ConflictError)."""
 
     @abstractmethod
     def _contains(self, workflow_id: str) -> bool: ...
@@ -152,8 +177,9 @@ class RecordPersistence(Persistence):
         snapshot.updated_at = updated_at
         return snapshot
 
-    def delete(self, workflow_id: str) -> bool:
-        return self._remove(check_workflow_id(workflow_id))
+    def delete(self, workflow_id: str, *, expected_version: int | None = None) -> bool:
+        workflow_id = check_workflow_id(workflow_id)
+        return self._remove(workflow_id, check_expected_version(expected_version))
 
     def exists(self, workflow_id: str) -> bool:
         return self._contains(check_workflow_id(workflow_id))

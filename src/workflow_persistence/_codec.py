@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 import msgpack
 
-from .errors import CorruptSnapshotError, SerializationError
+from .errors import CorruptSnapshotError
 
 UnknownClassPolicy = Literal["error", "stand-in"]
 
@@ -184,17 +184,6 @@ class ValueCodec:
         return self._classes.get(class_path(cls)) is cls
 
     # -- encoding -------------------------------------------------------------------------
-
-    def pack(self, value: Any) -> bytes:
-        """Encode ``value``; raise SerializationError naming the offending path."""
-        try:
-            return self._pack_nested(value)
-        except Exception as exc:  # a registered class's own code may raise anything
-            found = self.find_unencodable(value, "value")
-            if found is None:
-                raise SerializationError(f"cannot serialize the value: {exc}") from exc
-            where, reason = found
-            raise SerializationError(f"cannot serialize {where}: {reason}", path=where) from exc
 
     def _pack_nested(self, value: Any) -> bytes:
         # Also called from inside ``default`` (a tuple's payload, ...) while an outer

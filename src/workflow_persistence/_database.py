@@ -1,11 +1,12 @@
 """DatabasePersistence: snapshots in the ``workflow_interrupts`` table via SQLAlchemy.
 
-Each call is one statement in autocommit mode: a single statement is atomic on its own,
-so one round trip does what BEGIN / statement / COMMIT would do in three. The statements
-are the repository's (``_statements``), compiled once per engine and run on the DBAPI
-connection of SQLAlchemy's pool. Between calls, connections stay leased (checked out, in
-autocommit) so a call does not pay a pool checkout; one left idle for a while goes back
-to the pool, whose pre-ping and recycling then apply as usual.
+Each call is one statement in autocommit mode (prune: one per batch): a single statement
+is atomic on its own, so one round trip does what BEGIN / statement / COMMIT would do in
+three. The statements
+and the code running them are the repository's (``_operations``), compiled once per
+engine and run on the DBAPI connection of SQLAlchemy's pool. Between calls, connections
+stay leased (checked out, in autocommit) so a call does not pay a pool checkout; one left
+idle for a while goes back to the pool, whose pre-ping and recycling then apply as usual.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sqlalchemy import Engine, Table, create_engine, event, inspect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import sessionmaker
-from sqlalchemy.pool import PoolProxiedConnection, StaticPool
+from sqlalchemy.pool import PoolProxiedConnection, SingletonThreadPool, StaticPool
 
 from . import _operations as operations
 from ._base import Record, RecordPersistence
@@ -33,7 +34,6 @@ from ._serializers import Serializer
 from ._snapshot import StoredSnapshotInfo
 from .errors import (
     InvalidArgumentError,
-    PayloadTooLargeError,
     PersistenceError,
     StorageUnavailableError,
 )
@@ -43,11 +43,16 @@ __all__ = ["DatabasePersistence", "make_engine"]
 
 #: A leased connection idle longer than this goes back to the pool (seconds).
 IDLE_RETURN_SECONDS = 30.0
-#: After loading a record this large, the lease's cursor is replaced to free the result.
-_RELEASE_RESULT_BYTES = 256 * 1024
 CONNECT_TIMEOUT_SECONDS = 5
 #: PyMySQL reads after the handshake; above InnoDB's default 50 s lock wait.
 MYSQL_READ_TIMEOUT_SECONDS = 60.0
+_POSTGRESQL_KEEPALIVE = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,  # ms: unacknowledged data this long means the peer is gone
+}
 _DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql"}
 
 
@@ -78,6 +83,12 @@ def make_engine(url: str | URL, **options: Any) -> Engine:
     elif backend in ("postgresql", "mysql", "mariadb"):
         if "connect_timeout" not in parsed.query:
             connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+        if backend == "postgresql":
+            # psycopg has no read timeout: let TCP find a peer that vanished (no reset, as
+            # when a server fails over) in about a minute instead of fifteen.
+            for name, value in _POSTGRESQL_KEEPALIVE.items():
+                if name not in parsed.query:
+                    connect_args[name] = value
         if backend != "postgresql" and "charset" not in parsed.query:
             connect_args["charset"] = "utf8mb4"
     driver = parsed.drivername.partition("+")[2]  # without loading the dialect
@@ -157,7 +168,16 @@ class _Leases:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.idle: list[tuple[_Lease, float]] = []
-        self.max_idle = max(int(getattr(engine.pool, "size", lambda: 5)()), 1)
+        pool = engine.pool
+        size = getattr(pool, "size", None)
+        size = size() if callable(size) else size
+        # A SingletonThreadPool's connections belong to their threads: never share one.
+        self.max_idle = 0 if isinstance(pool, SingletonThreadPool) else max(int(size or 5), 1)
+        # A StaticPool has one connection for every thread: take turns on it.
+        self.serial: threading.Lock | None = (
+            threading.Lock() if isinstance(pool, StaticPool) else None
+        )
+        self._sweeping = threading.Lock()
         self.pid = os.getpid()
 
     def acquire(self) -> _Lease:
@@ -179,7 +199,7 @@ class _Leases:
         except (sa_exc.SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error, OSError) as exc:
             # raw_connection() hands over the driver's own exception, unwrapped.
             raise StorageUnavailableError(
-                f"cannot connect to the database {self.engine.url!r}: {_first_line(exc)}"
+                f"cannot connect to the database {self.engine.url!r}: {operations.first_line(exc)}"
             ) from exc
         try:
             dbapi_connection = conn.dbapi_connection
@@ -193,10 +213,32 @@ class _Leases:
             raise StorageUnavailableError(f"cannot configure the connection: {exc}") from exc
 
     def release(self, lease: _Lease) -> None:
-        if len(self.idle) < self.max_idle:
-            self.idle.append((lease, time.monotonic()))
+        idle = self.idle
+        now = time.monotonic()
+        if len(idle) < self.max_idle:
+            idle.append((lease, now))
         else:
             self.give_back(lease)
+        # The stack is used from its top: leases at the bottom can sit idle for good, out
+        # of the pool's reach (its recycling, pre-ping, other users). Return stale ones.
+        if idle and now - idle[0][1] >= IDLE_RETURN_SECONDS and self._sweeping.acquire(False):
+            try:
+                self._sweep(now)
+            finally:
+                self._sweeping.release()
+
+    def _sweep(self, now: float) -> None:
+        idle = self.idle
+        while idle and now - idle[0][1] >= IDLE_RETURN_SECONDS:
+            try:
+                lease, since = idle.pop(0)
+            except IndexError:
+                return
+            if now - since >= IDLE_RETURN_SECONDS:
+                self.give_back(lease)
+            else:  # another thread changed the stack meanwhile: keep this one
+                idle.append((lease, since))
+                return
 
     def give_back(self, lease: _Lease) -> None:
         """Return a connection to SQLAlchemy's pool, as the pool handed it out."""
@@ -236,6 +278,9 @@ def _after_fork_in_child() -> None:
         _abandoned.extend(leases.idle)
         leases.idle = []
         leases.pid = os.getpid()
+        leases._sweeping = threading.Lock()
+        if leases.serial is not None:
+            leases.serial = threading.Lock()
         engines[id(leases.engine)] = leases.engine
     for engine in engines.values():
         engine.dispose(close=False)
@@ -275,6 +320,9 @@ class DatabasePersistence(RecordPersistence):
         self._finalizer = weakref.finalize(
             self, _shutdown, self._leases, self.engine if self._owns_engine else None
         )
+
+    def _after_fork(self) -> None:
+        self._init_lock = threading.Lock()
 
     def close(self) -> None:
         """Return leased connections to the pool (and dispose an engine made from a URL).
@@ -320,9 +368,13 @@ class DatabasePersistence(RecordPersistence):
                         raise
             else:
                 self.table.create(self.engine, checkfirst=True)
-        except sa_exc.OperationalError as exc:
+        except (sa_exc.OperationalError, sa_exc.TimeoutError) as exc:
             raise StorageUnavailableError(
-                f"cannot reach the database {self.engine.url!r}: {_first_line(exc)}"
+                f"cannot reach the database {self.engine.url!r}: {operations.first_line(exc)}"
+            ) from exc
+        except sa_exc.SQLAlchemyError as exc:
+            raise PersistenceError(
+                f"cannot create the table {self.table.name!r}: {operations.first_line(exc)}"
             ) from exc
 
     # -- running one statement ----------------------------------------------------------
@@ -335,6 +387,15 @@ class DatabasePersistence(RecordPersistence):
         it reached the server before the connection broke cannot be known.
         """
         plan = self._plan or self._prepare()
+        leases = self._leases
+        if leases.serial is not None:  # one connection for all threads (in-memory SQLite)
+            with leases.serial:
+                return self._run_leased(fn, plan, read_only)
+        return self._run_leased(fn, plan, read_only)
+
+    def _run_leased(
+        self, fn: Callable[[_Lease, DialectPlan], Any], plan: DialectPlan, read_only: bool
+    ) -> Any:
         leases = self._leases
         lease = leases.acquire()
         for attempt in (1, 2):
@@ -365,27 +426,20 @@ class DatabasePersistence(RecordPersistence):
     def _failed(self, lease: _Lease, exc: BaseException) -> BaseException:
         """Translate a driver error; drop the connection if it is broken."""
         dialect = self.engine.dialect
-        dbapi = dialect.loaded_dbapi
-        if not isinstance(exc, dbapi.Error):
+        if not isinstance(exc, dialect.loaded_dbapi.Error):
             self._leases.discard(lease, exc)
             return exc
-        if _is_missing_table(exc):  # before OperationalError: SQLite reports it as one
-            self._leases.release(lease)
-            return PersistenceError(
-                f"the table {self.table.name!r} does not exist: run `workflow-persistence"
-                " migrate` (or your Alembic upgrade), or pass create_table=True"
-            )
-        if dialect.is_disconnect(exc, lease.conn.dbapi_connection, lease.cursor) or isinstance(
-            exc, dbapi.OperationalError | dbapi.InterfaceError
-        ):
+        translated, broken = operations.translate_error(
+            exc, dialect, lease.conn.dbapi_connection, lease.cursor, self.table.name
+        )
+        if broken:
             self._leases.discard(lease, exc)
-            if _is_too_large(exc):
-                return PayloadTooLargeError(f"the database refused the snapshot: {exc}")
-            return StorageUnavailableError(f"the database is unavailable: {_first_line(exc)}")
-        self._leases.release(lease)
-        if _is_too_large(exc):
-            return PayloadTooLargeError(f"the database refused the snapshot: {exc}")
-        return PersistenceError(f"database error: {_first_line(exc)}")
+            # The others idle since before the outage are likely broken too: hand them to
+            # the pool, whose pre-ping (for engines made from a URL) sorts them out.
+            self._leases.close()
+        else:
+            self._leases.release(lease)
+        return translated
 
     # -- RecordPersistence --------------------------------------------------------------
 
@@ -401,15 +455,17 @@ class DatabasePersistence(RecordPersistence):
     def _read(self, workflow_id: str) -> Record | None:
         def read(lease: _Lease, plan: DialectPlan) -> Record | None:
             record: Record | None = operations.read(lease.cursor, plan, workflow_id)
-            if record is not None and len(record[0]) >= _RELEASE_RESULT_BYTES:
+            if record is not None and len(record[0]) >= operations.RELEASE_RESULT_BYTES:
                 lease.fresh_cursor()  # an idle lease must not pin a large result
             return record
 
         return self._run(read, read_only=True)  # type: ignore[no-any-return]
 
-    def _remove(self, workflow_id: str) -> bool:
+    def _remove(self, workflow_id: str, expected_version: int | None) -> bool:
         return self._run(  # type: ignore[no-any-return]
-            lambda lease, plan: operations.remove(lease.cursor, plan, workflow_id)
+            lambda lease, plan: operations.remove(
+                lease.cursor, plan, workflow_id, expected_version
+            )
         )
 
     def _contains(self, workflow_id: str) -> bool:
@@ -448,28 +504,3 @@ def _shutdown(leases: _Leases, owned_engine: Engine | None) -> None:
         leases.close()
         if owned_engine is not None:
             owned_engine.dispose()
-
-
-def _is_too_large(exc: BaseException) -> bool:
-    sqlstate = getattr(getattr(exc, "diag", None), "sqlstate", None) or getattr(
-        exc, "sqlstate", None
-    )
-    if sqlstate == "54000":  # PostgreSQL: program_limit_exceeded
-        return True
-    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-    if code in (1153, 1301):  # MySQL: packet too large / result too large
-        return True
-    return "too big" in str(exc).lower()
-
-
-def _is_missing_table(exc: BaseException) -> bool:
-    sqlstate = getattr(getattr(exc, "diag", None), "sqlstate", None)
-    if sqlstate == "42P01":
-        return True
-    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-    return code == 1146 or "no such table" in str(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

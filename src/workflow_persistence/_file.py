@@ -88,6 +88,9 @@ class FilePersistence(RecordPersistence):
         with self._locked():
             self._sweep_temp_files()
 
+    def _after_fork(self) -> None:
+        self._thread_lock = threading.Lock()
+
     # -- locking ------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -186,14 +189,22 @@ class FilePersistence(RecordPersistence):
         except OSError as exc:
             raise StorageUnavailableError(f"cannot read {str(path)!r}: {exc}") from exc
 
-    def _remove(self, workflow_id: str) -> bool:
+    def _remove(self, workflow_id: str, expected_version: int | None) -> bool:
         path = self._path(workflow_id)
         with self._locked():
             try:
-                if _read_header(path, workflow_id) is None:
-                    return False
+                current = _read_header(path, workflow_id)
+                damaged = False
             except CorruptSnapshotError:
-                pass  # a damaged file under this id's name: deleting it is the way out
+                if expected_version is not None:
+                    raise
+                current, damaged = None, True  # deleting a damaged file is the way out
+            if expected_version is not None:
+                stored_version = 0 if current is None else current[0]
+                if stored_version != expected_version:
+                    raise version_conflict(workflow_id, expected_version, stored_version)
+            if current is None and not damaged:
+                return False
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -269,7 +280,7 @@ def _decode_header(line: bytes, path: Path) -> tuple[str, int, datetime, datetim
         version = fields["version"]
         created = datetime.fromisoformat(fields["created_at"])
         updated = datetime.fromisoformat(fields["updated_at"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise CorruptSnapshotError(f"damaged header in {str(path)!r}: {exc}") from exc
     if (
         not isinstance(stored_id, str)
@@ -301,7 +312,10 @@ def _read_header(path: Path, workflow_id: str) -> tuple[int, datetime] | None:
 
 
 def _read_info(path: Path) -> StoredSnapshotInfo | None:
-    line = _first_line(path)
+    try:
+        line = _first_line(path)
+    except StorageUnavailableError:
+        return None  # not a readable file (a directory named like one, say): skip it
     if line is None:
         return None
     try:
@@ -324,12 +338,17 @@ def _entries(directory: Path) -> builtins.list[os.DirEntry[str]]:
 
 
 def _fsync_directory(directory: Path) -> None:
-    """Make a rename or unlink durable; a no-op where directories cannot be opened."""
+    """Make a rename or unlink durable; a no-op where directories cannot be synced."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # pragma: no cover - Windows
         return
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise StorageUnavailableError(
+                f"cannot make the change in {str(directory)!r} durable: {exc}"
+            ) from exc
     finally:
         os.close(fd)

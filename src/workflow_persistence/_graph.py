@@ -119,6 +119,11 @@ def inspect_node(node: object, known: Iterable[type]) -> NodeSpec:
     except (TypeError, ValueError) as exc:
         raise WorkflowDefinitionError(f"cannot read the signature of node {name!r}: {exc}") from exc
     params = _positional_params(signature, name)
+    if not params:
+        raise WorkflowDefinitionError(
+            f"node {name!r} must name its parameters, (event: SomeEvent, state), so the"
+            " annotation of the first says which event it handles"
+        )
     first = params[0]
     handles = _resolve(first.annotation, fn, known)
     if first.annotation is inspect.Parameter.empty:

@@ -24,6 +24,9 @@ class InMemoryPersistence(RecordPersistence):
         self._records: dict[str, Record] = {}
         self._lock = threading.Lock()
 
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+
     def _write(
         self, workflow_id: str, data: bytes, expected_version: int | None
     ) -> tuple[int, datetime]:
@@ -40,8 +43,13 @@ class InMemoryPersistence(RecordPersistence):
     def _read(self, workflow_id: str) -> Record | None:
         return self._records.get(workflow_id)
 
-    def _remove(self, workflow_id: str) -> bool:
+    def _remove(self, workflow_id: str, expected_version: int | None) -> bool:
         with self._lock:
+            if expected_version is not None:
+                current = self._records.get(workflow_id)
+                stored_version = 0 if current is None else current[1]
+                if stored_version != expected_version:
+                    raise version_conflict(workflow_id, expected_version, stored_version)
             return self._records.pop(workflow_id, None) is not None
 
     def _contains(self, workflow_id: str) -> bool:

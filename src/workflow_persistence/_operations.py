@@ -28,13 +28,16 @@ from ._statements import (
     statements_for,
     timestamp_processors,
 )
-from .errors import PayloadTooLargeError
+from .errors import PayloadTooLargeError, PersistenceError, StorageUnavailableError
 
 __all__ = ["PRUNE_BATCH", "Cursor", "DialectPlan", "plan_for"]
 
 
 #: Where the first prune batch starts: before any timestamp a record can carry.
 OLDEST = datetime(1, 1, 1, tzinfo=UTC)
+#: After reading a record this large, drop the cursor that holds the driver's result, so
+#: an idle connection does not keep it in memory.
+RELEASE_RESULT_BYTES = 256 * 1024
 
 
 class Cursor(Protocol):
@@ -65,6 +68,7 @@ class DialectPlan:
     select_record: CompiledSQL
     select_version: CompiledSQL
     delete_one: CompiledSQL
+    delete_if_version: CompiledSQL
     prune_batch: CompiledSQL
     list_variants: dict[tuple[bool, bool], CompiledSQL]
     to_db: Callable[[datetime], Any]
@@ -124,6 +128,7 @@ def _build(table: Table, dialect: Dialect) -> DialectPlan:
         select_record=compile_(statements.select_record),
         select_version=compile_(statements.select_version),
         delete_one=compile_(statements.delete_one),
+        delete_if_version=compile_(statements.delete_if_version),
         prune_batch=compile_(statements.prune_batch),
         list_variants={
             (before, limited): compile_(statements.select_infos(before=before, limited=limited))
@@ -166,7 +171,7 @@ def save(
     if expected_version is None:
         cursor.execute(plan.upsert.sql, plan.upsert.params(values))
         if plan.family == "mysql":
-            return plan.statements.upserted_version(None, cursor.lastrowid), now
+            return plan.statements.mysql_upserted_version(cursor.lastrowid), now
         return int(cursor.fetchone()[0]), now
     if expected_version == 0:
         cursor.execute(plan.insert_new.sql, plan.insert_new.params(values))
@@ -193,9 +198,23 @@ def read(cursor: Cursor, plan: DialectPlan, workflow_id: str) -> Record | None:
     return data, version, plan.from_db(created_at), plan.from_db(updated_at)
 
 
-def remove(cursor: Cursor, plan: DialectPlan, workflow_id: str) -> bool:
-    cursor.execute(plan.delete_one.sql, plan.delete_one.params({"wf_id": workflow_id}))
-    return cursor.rowcount > 0
+def remove(
+    cursor: Cursor, plan: DialectPlan, workflow_id: str, expected_version: int | None = None
+) -> bool:
+    """Delete a record; with ``expected_version``, only at that version (else ConflictError)."""
+    if expected_version is None:
+        cursor.execute(plan.delete_one.sql, plan.delete_one.params({"wf_id": workflow_id}))
+        return cursor.rowcount > 0
+    if expected_version == 0:  # "only if nothing is stored": there is nothing to delete
+        if contains(cursor, plan, workflow_id):
+            raise version_conflict(workflow_id, 0, None)
+        return False
+    stmt = plan.delete_if_version
+    values = {"wf_id": workflow_id, "expected_version": expected_version}
+    cursor.execute(stmt.sql, stmt.params(values))
+    if cursor.rowcount != 1:
+        raise version_conflict(workflow_id, expected_version, None)
+    return True
 
 
 def contains(cursor: Cursor, plan: DialectPlan, workflow_id: str) -> bool:
@@ -246,6 +265,72 @@ def delete_older_than(
     stmt = plan.delete_older_than(limit)
     cursor.execute(stmt.sql, stmt.params({"cutoff": plan.to_db(cutoff)}))
     return cursor.rowcount
+
+
+# -- driver errors --------------------------------------------------------------------------
+
+_BUSY_SQLSTATES = frozenset({"40P01", "55P03", "57014"})  # deadlock, lock not available, cancel
+_BUSY_MYSQL_CODES = frozenset({1205, 1213})  # lock wait timeout, deadlock
+
+
+def translate_error(
+    exc: BaseException, dialect: Dialect, dbapi_connection: Any, cursor: Any, table: str
+) -> tuple[PersistenceError, bool]:
+    """The library's error for a driver error, and whether the connection is broken."""
+    if _is_missing_table(exc):  # before OperationalError: SQLite reports it as one
+        return PersistenceError(
+            f"the table {table!r} does not exist: run `workflow-persistence migrate` (or"
+            " your Alembic upgrade), or pass create_table=True"
+        ), False
+    if _is_too_large(exc):
+        return PayloadTooLargeError(f"the database refused the snapshot: {first_line(exc)}"), False
+    if _is_busy(exc):
+        return StorageUnavailableError(
+            f"the database is busy (a lock wait, deadlock or timeout), nothing was changed;"
+            f" retry: {first_line(exc)}"
+        ), False
+    dbapi = dialect.loaded_dbapi
+    if dialect.is_disconnect(exc, dbapi_connection, cursor) or isinstance(  # type: ignore[arg-type]
+        exc, dbapi.OperationalError | dbapi.InterfaceError
+    ):
+        return StorageUnavailableError(f"the database is unavailable: {first_line(exc)}"), True
+    return PersistenceError(f"database error: {first_line(exc)}"), False
+
+
+def _codes(exc: BaseException) -> tuple[str | None, int | None]:
+    sqlstate = getattr(getattr(exc, "diag", None), "sqlstate", None) or getattr(
+        exc, "sqlstate", None
+    )
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    return sqlstate, code
+
+
+def _is_too_large(exc: BaseException) -> bool:
+    sqlstate, code = _codes(exc)
+    # PostgreSQL program_limit_exceeded; MySQL packet too large, result too large; SQLite.
+    return sqlstate == "54000" or code in (1153, 1301) or "too big" in str(exc).lower()
+
+
+def _is_missing_table(exc: BaseException) -> bool:
+    sqlstate, code = _codes(exc)
+    return sqlstate == "42P01" or code == 1146 or "no such table" in str(exc)
+
+
+def _is_busy(exc: BaseException) -> bool:
+    sqlstate, code = _codes(exc)
+    text = str(exc).lower()
+    return (
+        sqlstate in _BUSY_SQLSTATES
+        or code in _BUSY_MYSQL_CODES
+        or "database is locked" in text
+        or "database table is locked" in text
+    )
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (the driver's, for a SQLAlchemy error)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_sqlite_length(dbapi_connection: Any, data: bytes | bytearray | memoryview) -> None:

@@ -23,7 +23,7 @@ _FMT_MSGPACK_ZLIB = b"msgpack+zlib"
 _FMT_PICKLE = b"pickle"
 _ENVELOPE_VERSION = 1
 _ENVELOPE_LENGTH = 15
-_DEFAULT_MAX_DECODED = 1 << 31
+_DEFAULT_MAX_DECODED = 1 << 30  # 1 GiB: PostgreSQL's bytea holds no more
 
 
 @runtime_checkable
@@ -64,7 +64,6 @@ class JsonSerializer:
             raise ValueError("compress_threshold must be a size in bytes or None")
         self._codec = ValueCodec((Event, StartEvent, StopEvent), unknown_classes=unknown_classes)
         self._codec.register(*types)
-        self._default = self._codec._default
         self.compress_threshold = compress_threshold
         self.compress_level = compress_level
         self.max_decoded_size = max_decoded_size

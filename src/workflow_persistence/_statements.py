@@ -114,6 +114,9 @@ class TableStatements:
         ).where(by_id)
         self.select_version: Select[Any] = select(c.version).where(by_id)
         self.delete_one: Delete = delete(table).where(by_id)
+        self.delete_if_version: Delete = delete(table).where(
+            by_id, c.version == bindparam("expected_version")
+        )
         self.delete_older_than: Delete = self._delete_older_than(PRUNE_BATCH)
         self.prune_batch: Delete | ReturningDelete[Any] = self._prune_batch()
 
@@ -212,13 +215,10 @@ class TableStatements:
 
     # -- interpreting results -----------------------------------------------------------
 
-    def upserted_version(self, returned: int | None, lastrowid: int | None) -> int:
-        """The version an upsert wrote, from RETURNING or (MySQL) the OK packet."""
-        if self.family == "mysql":
-            return lastrowid or 1
-        if returned is None:  # pragma: no cover - RETURNING always yields one row
-            raise PersistenceError("the upsert returned no version")
-        return returned
+    @staticmethod
+    def mysql_upserted_version(lastrowid: int | None) -> int:
+        """The version a MySQL upsert wrote: 0 in the OK packet means it inserted."""
+        return lastrowid or 1
 
     def inserted_new(self, rowcount: int, lastrowid: int | None) -> bool:
         """Whether an insert-if-absent inserted (False: a record was already there)."""

@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from ._events import Event, StartEvent, StopEvent
 from ._graph import NodeSpec, build_graph
@@ -33,6 +33,8 @@ from .abc import Persistence
 from .errors import (
     ConflictError,
     InvalidArgumentError,
+    PayloadTooLargeError,
+    SerializationError,
     WorkflowDefinitionError,
     WorkflowError,
     WorkflowFailedError,
@@ -66,8 +68,9 @@ class RunResult:
     """Where a run stands after ``start`` or ``resume``.
 
     ``"completed"``: ``result`` is what the final node put in ``StopEvent(result=...)``.
-    ``"interrupted"``: ``interrupt`` is the payload the pausing node asked with, and
-    ``state`` is the state that was saved (as the pausing node found it).
+    ``"interrupted"``: ``interrupt`` is the payload the pausing node asked with, ``state``
+    is the state that was saved (as the pausing node found it), and ``version`` the saved
+    snapshot's version, to pass as ``resume(..., expected_version=)``.
     """
 
     workflow_id: str
@@ -75,6 +78,7 @@ class RunResult:
     state: dict[str, Any] = field(default_factory=dict)
     result: Any = None
     interrupt: Any = None
+    version: int | None = None  # of the saved snapshot: resume(..., expected_version=)
 
 
 class Workflow:
@@ -157,19 +161,31 @@ class Workflow:
         workflow_id: str,
         answer: Any = None,
         *,
+        expected_version: int | None = None,
         take_over: bool | timedelta = False,
     ) -> RunResult:
         """Continue a paused run with ``answer``, or retry a failed run's node.
 
         The run is claimed before any node runs: of two concurrent resumes one proceeds
-        and the other raises ConflictError. A run still marked "running" (its claimant
-        is busy, or died) raises ConflictError saying since when; ``take_over=True``
-        claims it anyway, and ``take_over=timedelta(...)`` only if it has been running
-        at least that long. Taking over re-runs the nodes since the last pause, so use
-        it only when the claimant is known to be gone.
+        and the other raises ConflictError. ``expected_version=run.version`` (from the
+        RunResult that showed the question) makes sure the answer goes to that question:
+        if the run has moved on since, ConflictError and nothing happens.
+
+        A run still marked "running" (its claimant is busy, or died) raises ConflictError
+        saying since when; ``take_over=True`` claims it anyway, and
+        ``take_over=timedelta(...)`` only if nothing was saved for at least that long (a
+        running run is saved after every node). Taking over re-runs the node that was
+        running, so use it only when the claimant is known to be gone.
         """
         snapshot = self.persistence.load(workflow_id)
         loaded_version = snapshot.version
+        if expected_version is not None and loaded_version != expected_version:
+            raise ConflictError(
+                f"run {workflow_id!r} has moved on: it is at version {loaded_version}, not"
+                f" {expected_version} (status {snapshot.status!r}); nothing was done",
+                workflow_id=workflow_id,
+                expected_version=expected_version,
+            )
         if snapshot.status == "running":
             self._check_take_over(snapshot, take_over)
             if answer is not None:
@@ -187,10 +203,16 @@ class Workflow:
                 f"run {workflow_id!r} failed at node {snapshot.current_node!r}; resume"
                 " it without an answer to retry that node"
             )
-        if snapshot.current_node not in self._by_name:
+        spec = self._by_name.get(snapshot.current_node)  # type: ignore[arg-type]
+        if spec is None:
             raise WorkflowDefinitionError(
                 f"run {workflow_id!r} is at node {snapshot.current_node!r}, which this"
                 f" workflow does not have (its nodes: {', '.join(self._by_name)})"
+            )
+        if not isinstance(snapshot.event, spec.handles):
+            raise WorkflowError(
+                f"run {workflow_id!r} holds a {type(snapshot.event).__name__} for node"
+                f" {spec.name!r}, which handles {spec.handles.__qualname__}"
             )
         snapshot.status = "running"
         snapshot.interrupt = None
@@ -239,29 +261,55 @@ class Workflow:
         return WorkflowState(values, workflow_id=snapshot.workflow_id, metadata=snapshot.metadata)
 
     def _drive(self, snapshot: WorkflowSnapshot) -> RunResult:
+        """Run nodes from the claimed snapshot until the run completes or pauses.
+
+        After every node the run is saved (the next node, its event and the state it
+        will find): a heartbeat for take-over, and where a take-over starts again.
+        """
         spec = self._by_name[snapshot.current_node]  # type: ignore[index]
-        event = snapshot.event
-        if not isinstance(event, spec.handles):
-            raise WorkflowError(
-                f"run {snapshot.workflow_id!r} holds a {type(event).__name__} for node"
-                f" {spec.name!r}, which handles {spec.handles.__qualname__}"
-            )
+        event: Event = snapshot.event  # type: ignore[assignment]
         state = WorkflowState(
             snapshot.state, workflow_id=snapshot.workflow_id, metadata=snapshot.metadata
         )
+        entry = self._entry_copy(snapshot, state)  # stored with the claim: it encodes
         while True:
-            entry = self._entry_copy(snapshot, state)
             outcome = self._run_node(spec, event, state, entry, snapshot)
             if isinstance(outcome, RunResult):
                 return outcome
-            state = outcome[1]
-            returned = outcome[0]
+            returned, state = outcome
             snapshot.completed_nodes.append(spec.name)
             if isinstance(returned, StopEvent):
-                self.persistence.delete(snapshot.workflow_id)
+                self._finish(snapshot)
                 return RunResult(snapshot.workflow_id, "completed", dict(state), returned.result)
-            spec = self._graph[type(returned)]
-            event = returned
+            next_spec = self._graph[type(returned)]
+            try:
+                snapshot.current_node, snapshot.event = next_spec.name, returned
+                snapshot.state = dict(state)
+                self._save(snapshot, expected_version=snapshot.version)
+                next_entry = self._entry_copy(snapshot, state)
+            except ConflictError as exc:
+                raise self._taken_over(snapshot) from exc
+            except (SerializationError, PayloadTooLargeError) as exc:
+                # The node handed on what cannot be stored: it is the node that failed.
+                snapshot.completed_nodes.pop()
+                self._fail(spec, event, entry, snapshot, exc, raise_as=exc)
+            spec, event, entry = next_spec, returned, next_entry
+
+    def _finish(self, snapshot: WorkflowSnapshot) -> None:
+        """A completed run deletes its record, if it still holds the claim."""
+        try:
+            self.persistence.delete(snapshot.workflow_id, expected_version=snapshot.version)
+        except ConflictError as exc:
+            raise self._taken_over(snapshot) from exc
+
+    @staticmethod
+    def _taken_over(snapshot: WorkflowSnapshot) -> ConflictError:
+        return ConflictError(
+            f"run {snapshot.workflow_id!r} was taken over by another caller while this one"
+            " ran it; this one stopped and left the stored run alone",
+            workflow_id=snapshot.workflow_id,
+            expected_version=snapshot.version,
+        )
 
     def _run_node(
         self,
@@ -286,7 +334,9 @@ class Workflow:
             except Exception as exc:
                 snapshot.attempts[spec.name] = snapshot.attempts.get(spec.name, 0) + 1
                 failures += 1
-                self._check_no_swallowed_interrupt(spec, visit)
+                swallowed = _swallowed_interrupt(spec, visit)
+                if swallowed is not None:
+                    self._fail(spec, event, entry, snapshot, swallowed, raise_as=swallowed)
                 if policy.retries(exc, failures):
                     time.sleep(policy.delay(failures))
                     state = self._restore(entry, snapshot)
@@ -295,31 +345,22 @@ class Workflow:
             finally:
                 current_visit.reset(token)
             snapshot.attempts[spec.name] = snapshot.attempts.get(spec.name, 0) + 1
-            try:
-                self._check_no_swallowed_interrupt(spec, visit)
-                self._check_returned(spec, returned)
-            except WorkflowDefinitionError as exc:
-                self._fail(spec, event, entry, snapshot, exc, raise_as=exc)
+            problem = _swallowed_interrupt(spec, visit) or self._returned_problem(spec, returned)
+            if problem is not None:
+                self._fail(spec, event, entry, snapshot, problem, raise_as=problem)
             return returned, state
 
-    @staticmethod
-    def _check_no_swallowed_interrupt(spec: NodeSpec, visit: NodeVisit) -> None:
-        if visit.asked > len(visit.answers):
-            raise WorkflowDefinitionError(
-                f"node {spec.name!r} caught the exception interrupt() raises to pause the"
-                " run; let it propagate (catch Exception, not BaseException)"
-            )
-
-    def _check_returned(self, spec: NodeSpec, returned: object) -> None:
+    def _returned_problem(self, spec: NodeSpec, returned: object) -> WorkflowDefinitionError | None:
         if not isinstance(returned, Event):
-            raise WorkflowDefinitionError(
+            return WorkflowDefinitionError(
                 f"node {spec.name!r} returned {type(returned).__name__}, not an Event;"
                 " return the next event, or StopEvent(result=...) to end the run"
             )
         if not isinstance(returned, StopEvent) and type(returned) not in self._graph:
-            raise WorkflowDefinitionError(
+            return WorkflowDefinitionError(
                 f"node {spec.name!r} returned {type(returned).__qualname__}, which no node handles"
             )
+        return None
 
     def _pause(
         self,
@@ -337,9 +378,19 @@ class Workflow:
         snapshot.event = event
         snapshot.interrupt = payload
         snapshot.history.append(Decision(spec.name, payload, asked_at=utc_now(), step=step))
-        self._save(snapshot, expected_version=snapshot.version)
+        try:
+            self._save(snapshot, expected_version=snapshot.version)
+        except ConflictError as exc:
+            raise self._taken_over(snapshot) from exc
+        except (SerializationError, PayloadTooLargeError) as exc:
+            snapshot.history.pop()  # asked with what cannot be stored: the node failed
+            self._fail(spec, event, entry, snapshot, exc, raise_as=exc)
         return RunResult(
-            snapshot.workflow_id, "interrupted", dict(saved_state), interrupt=payload
+            snapshot.workflow_id,
+            "interrupted",
+            dict(saved_state),
+            interrupt=payload,
+            version=snapshot.version,
         )
 
     def _fail(
@@ -351,7 +402,7 @@ class Workflow:
         exc: BaseException,
         *,
         raise_as: BaseException | None = None,
-    ) -> None:
+    ) -> NoReturn:
         """Save a "failed" snapshot, then raise (WorkflowFailedError unless ``raise_as``)."""
         snapshot.status = "failed"
         snapshot.state = dict(self._restore(entry, snapshot))
@@ -365,7 +416,10 @@ class Workflow:
             traceback="".join(traceback.format_exception(exc)),
             at=utc_now(),
         )
-        self._save(snapshot, expected_version=snapshot.version)
+        try:
+            self._save(snapshot, expected_version=snapshot.version)
+        except ConflictError as conflict:
+            raise self._taken_over(snapshot) from conflict
         if raise_as is not None:
             raise raise_as
         attempts = snapshot.attempts.get(spec.name, 0)
@@ -376,6 +430,16 @@ class Workflow:
             workflow_id=snapshot.workflow_id,
             node=spec.name,
         ) from exc
+
+
+def _swallowed_interrupt(spec: NodeSpec, visit: NodeVisit) -> WorkflowDefinitionError | None:
+    """A node that caught the pause of its own interrupt() (and went on, or re-raised)."""
+    if visit.asked > len(visit.answers):
+        return WorkflowDefinitionError(
+            f"node {spec.name!r} caught the exception interrupt() raises to pause the"
+            " run; let it propagate (catch Exception, not BaseException)"
+        )
+    return None
 
 
 def _rounded(delta: timedelta) -> str:

@@ -33,8 +33,13 @@ class Persistence(ABC):
         """Return the stored snapshot; WorkflowNotFoundError if there is none."""
 
     @abstractmethod
-    def delete(self, workflow_id: str) -> bool:
-        """Remove the record; True if there was one."""
+    def delete(self, workflow_id: str, *, expected_version: int | None = None) -> bool:
+        """Remove the record; True if there was one.
+
+        With ``expected_version=N`` it deletes only if the stored version is N (0: only if
+        nothing is stored, which deletes nothing), atomically, else raises ConflictError
+        and changes nothing.
+        """
 
     @abstractmethod
     def exists(self, workflow_id: str) -> bool:

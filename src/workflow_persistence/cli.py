@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from . import _framing, migrations
 from ._codec import UnresolvedObject
 from ._database import DatabasePersistence
+from ._ids import check_workflow_id
 from ._serializers import JsonSerializer
 from ._snapshot import Decision, ErrorInfo
 from .errors import CorruptSnapshotError, PersistenceError, WorkflowError
@@ -195,8 +196,9 @@ def _cmd_list(args: argparse.Namespace) -> None:
 
 
 def _cmd_show(args: argparse.Namespace) -> None:
+    workflow_id = check_workflow_id(args.workflow_id)
     with _persistence(args.url) as persistence:
-        record = persistence._read(args.workflow_id)  # raw bytes: the header, the size
+        record = persistence._read(workflow_id)  # raw bytes: the header, the size
         if record is None:
             raise CommandError(f"no workflow snapshot is stored under id {args.workflow_id!r}")
         data, version, created_at, updated_at = record
@@ -211,6 +213,11 @@ def _cmd_show(args: argparse.Namespace) -> None:
                     f" {version}); only the application holding its key can read it"
                 ) from exc
             raise
+    if snapshot.workflow_id != workflow_id:
+        raise CommandError(
+            f"the record stored under {workflow_id!r} holds the snapshot of"
+            f" {snapshot.workflow_id!r}"
+        )
     view = {
         "workflow_id": snapshot.workflow_id,
         "status": snapshot.status,

@@ -19,6 +19,7 @@ from ._database import DatabasePersistence
 from ._events import Event, StartEvent, StopEvent
 from ._interrupts import interrupt
 from ._workflow import Workflow, WorkflowState
+from .migrations import URL_ENV_VAR, resolve_url
 
 # -- the workflow ---------------------------------------------------------------------------
 
@@ -121,7 +122,8 @@ def run_demo(url: Any) -> None:
     _say('3. Resume it in a fresh process with the manager\'s answer "yes"')
     child = subprocess.run(  # noqa: S603 - this Python, this module, our own arguments
         [sys.executable, "-m", "workflow_persistence.demo", "--resume", workflow_id,
-         "--answer", "yes", "--url", url],
+         "--answer", "yes"],
+        env={**os.environ, URL_ENV_VAR: url},  # not in argv, where a password would show
         check=False,
     )
     if child.returncode != 0:
@@ -157,14 +159,15 @@ def _hide_password(url: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workflow_persistence.demo")
-    parser.add_argument("--url", required=True)
+    parser.add_argument("--url", default=None, help=f"default: ${URL_ENV_VAR}, else SQLite")
     parser.add_argument("--resume", metavar="ID")
     parser.add_argument("--answer", default="yes")
     args = parser.parse_args(argv)
+    url = str(resolve_url(args.url))
     if args.resume:
-        _resume_here(args.url, args.resume, args.answer)
+        _resume_here(url, args.resume, args.answer)
     else:
-        run_demo(args.url)
+        run_demo(url)
 
 
 if __name__ == "__main__":

@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast, overload
 
 from sqlalchemy import Connection, inspect
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Mapper, Session, configure_mappers, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from . import _operations as operations
-from ._base import check_aware, check_expected_version, check_limit
+from ._base import Record, check_aware, check_expected_version, check_limit
 from ._ids import check_workflow_id
 from ._operations import Cursor, DialectPlan, plan_for
 from ._snapshot import StoredSnapshotInfo
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, PersistenceError
 from .models import WorkflowInterrupt, WorkflowInterruptMixin
 
 __all__ = ["WorkflowInterruptRepository"]
 
 ModelT = TypeVar("ModelT", bound=WorkflowInterruptMixin)
+R = TypeVar("R")
 
 _CURSOR_KEY = "workflow_persistence.cursor"
-_RELEASE_RESULT_BYTES = 256 * 1024
 _ENGINE_LOGGER = logging.getLogger("sqlalchemy.engine")
 
 
@@ -36,7 +37,9 @@ class WorkflowInterruptRepository(Generic[ModelT]):
     needed) and never commits, so a save can share a transaction with the caller's own
     writes and be rolled back with them. Each save is one dialect-native statement with
     a compare-and-set on ``version``. ``model`` is the mapped class: ``WorkflowInterrupt``,
-    or a host app's class built on ``WorkflowInterruptMixin``.
+    or a host app's class built on ``WorkflowInterruptMixin``. Driver errors come out as
+    the library's own (StorageUnavailableError, PayloadTooLargeError, PersistenceError),
+    the driver's as ``__cause__``; after one, the caller rolls the transaction back.
 
     Statements are compiled once and run on the session's own DBAPI connection, which
     keeps a call close to the raw driver's cost. When the engine has cursor event
@@ -61,32 +64,56 @@ class WorkflowInterruptRepository(Generic[ModelT]):
         if not self._mapper.configured:  # get() builds instances of the mapped class
             configure_mappers()
         self._table: Any = model.__table__
-        # What the current transaction uses: (transaction, connection, plan, cursor).
-        self._in_transaction: tuple[Any, Connection, DialectPlan, Cursor] | None = None
+        # Worked out once per transaction: (transaction, connection, plan, observed).
+        self._in_transaction: tuple[Any, Connection, DialectPlan, bool] | None = None
 
     # -- where statements run ---------------------------------------------------------------
 
-    def _connection(self) -> tuple[Connection, DialectPlan, Cursor]:
-        """The session's connection, plan and cursor, worked out once per transaction."""
+    def _connection(self) -> tuple[Connection, DialectPlan, bool]:
         current = self._in_transaction
         transaction = self.session.get_transaction()
         if current is not None and current[0] is transaction and transaction.is_active:
             return current[1], current[2], current[3]
         connection = self.session.connection(bind_arguments={"mapper": self._mapper})
         plan = plan_for(self._table, connection.dialect)
-        cursor = self._cursor(connection)
-        self._in_transaction = (self.session.get_transaction(), connection, plan, cursor)
-        return connection, plan, cursor
+        observed = _instrumented(connection)
+        self._in_transaction = (self.session.get_transaction(), connection, plan, observed)
+        return connection, plan, observed
 
-    @staticmethod
-    def _cursor(connection: Connection) -> Cursor:
-        if _instrumented(connection):
-            return _ObservedCursor(connection)
+    def _run(self, operation: Callable[[Cursor, Connection, DialectPlan], R]) -> R:
+        """Run one operation on the session's connection; translate driver errors."""
+        connection, plan, observed = self._connection()
+        if observed:
+            cursor: Cursor = _ObservedCursor(connection)
+        else:
+            # Looked up each call: a repository that drops a large result replaces the
+            # connection's cursor, and every repository on the session sees the new one.
+            pooled = connection.connection
+            cursor = pooled.info.get(_CURSOR_KEY) or pooled.info.setdefault(
+                _CURSOR_KEY, pooled.cursor()
+            )
+        try:
+            return operation(cursor, connection, plan)
+        except PersistenceError:
+            raise
+        except sa_exc.DBAPIError as exc:  # the observed path: SQLAlchemy wrapped it
+            raise self._translate(exc.orig or exc, connection, exc) from exc
+        except Exception as exc:
+            if not isinstance(exc, plan.dialect.loaded_dbapi.Error):
+                raise
+            raise self._translate(exc, connection, exc) from exc
+
+    def _translate(
+        self, driver_error: BaseException, connection: Connection, raised: BaseException
+    ) -> PersistenceError:
         pooled = connection.connection
-        cursor = pooled.info.get(_CURSOR_KEY)
-        if cursor is None:  # one per DBAPI connection: a new cursor costs ~15 µs
-            cursor = pooled.info[_CURSOR_KEY] = pooled.cursor()
-        return cast(Cursor, cursor)
+        translated, broken = operations.translate_error(
+            driver_error, connection.dialect, pooled.dbapi_connection, None, self._table.name
+        )
+        if broken:  # tell SQLAlchemy, as it would have noticed itself
+            connection.invalidate(raised if isinstance(raised, Exception) else None)
+            self._in_transaction = None
+        return translated
 
     # -- the operations -------------------------------------------------------------------
 
@@ -100,15 +127,17 @@ class WorkflowInterruptRepository(Generic[ModelT]):
         """Create or replace the row; return its new version.
 
         With ``expected_version=N`` the row is written only if its version is N (0: only
-        if there is no row), else ConflictError is raised and nothing changes.
+        if there is no row), else ConflictError is raised and nothing changes. On MySQL
+        and MariaDB the statement sets the session's ``LAST_INSERT_ID()``.
         """
         workflow_id = check_workflow_id(workflow_id)
         expected = check_expected_version(expected_version)
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidArgumentError(f"data must be bytes, not {type(data).__name__}")
-        connection, plan, cursor = self._connection()
-        version, _ = operations.save(
-            cursor, connection.connection, plan, workflow_id, data, expected
+        version, _ = self._run(
+            lambda cursor, connection, plan: operations.save(
+                cursor, connection.connection, plan, workflow_id, data, expected
+            )
         )
         self._forget(workflow_id)
         return version
@@ -120,13 +149,11 @@ class WorkflowInterruptRepository(Generic[ModelT]):
         already holds is refreshed and returned, so there is one per row.
         """
         workflow_id = check_workflow_id(workflow_id)
-        connection, plan, cursor = self._connection()
-        record = operations.read(cursor, plan, workflow_id)
+        record = self._run(
+            lambda cursor, connection, plan: _read_releasing(cursor, connection, plan, workflow_id)
+        )
         if record is None:
             return None
-        if len(record[0]) >= _RELEASE_RESULT_BYTES and not isinstance(cursor, _ObservedCursor):
-            connection.connection.info.pop(_CURSOR_KEY).close()  # don't pin a large result
-            self._in_transaction = None
         data, version, created_at, updated_at = record
         key = self._mapper.identity_key_from_primary_key((workflow_id,))
         instance: Any = self.session.identity_map.get(key)
@@ -146,14 +173,20 @@ class WorkflowInterruptRepository(Generic[ModelT]):
 
     def exists(self, workflow_id: str) -> bool:
         workflow_id = check_workflow_id(workflow_id)
-        _, plan, cursor = self._connection()
-        return operations.contains(cursor, plan, workflow_id)
+        return self._run(
+            lambda cursor, connection, plan: operations.contains(cursor, plan, workflow_id)
+        )
 
-    def delete(self, workflow_id: str) -> bool:
-        """Delete the row; True if there was one."""
+    def delete(self, workflow_id: str, *, expected_version: int | None = None) -> bool:
+        """Delete the row; True if there was one. With ``expected_version=N``, only if the
+        row is at version N, else ConflictError and nothing changes."""
         workflow_id = check_workflow_id(workflow_id)
-        _, plan, cursor = self._connection()
-        deleted = operations.remove(cursor, plan, workflow_id)
+        expected = check_expected_version(expected_version)
+        deleted = self._run(
+            lambda cursor, connection, plan: operations.remove(
+                cursor, plan, workflow_id, expected
+            )
+        )
         self._forget(workflow_id, expunge=True)
         return deleted
 
@@ -163,20 +196,27 @@ class WorkflowInterruptRepository(Generic[ModelT]):
         """Rows newest first, without loading ``data``."""
         before = None if updated_before is None else check_aware(updated_before, "updated_before")
         limit = check_limit(limit)
-        _, plan, cursor = self._connection()
-        return operations.infos(cursor, plan, before, limit)
+        return self._run(
+            lambda cursor, connection, plan: operations.infos(cursor, plan, before, limit)
+        )
 
     def delete_older_than(self, cutoff: datetime, *, limit: int | None = None) -> int:
         """Delete rows last updated before ``cutoff`` (at most ``limit``); return how many."""
         cutoff = check_aware(cutoff, "cutoff")
         if limit is not None and (type(limit) is not int or limit <= 0):
             raise InvalidArgumentError(f"limit must be None or an int > 0, not {limit!r}")
-        _, plan, cursor = self._connection()
-        deleted = operations.delete_older_than(cursor, plan, cutoff, limit)
-        # Rows deleted by SQL leave stale instances behind; drop what the session holds.
+        deleted = self._run(
+            lambda cursor, connection, plan: operations.delete_older_than(
+                cursor, plan, cutoff, limit
+            )
+        )
+        # Rows deleted by SQL leave stale instances behind; drop what the session holds,
+        # reading only what is loaded (an expired instance would be loaded, and be gone).
         for obj in builtins.list(self.session.identity_map.values()):
-            if isinstance(obj, self.model) and obj.updated_at < cutoff:
-                self.session.expunge(obj)
+            if isinstance(obj, self.model):
+                updated_at = inspect(obj).dict.get("updated_at")
+                if updated_at is None or updated_at < cutoff:
+                    self.session.expunge(obj)
         return deleted
 
     def _forget(self, workflow_id: str, *, expunge: bool = False) -> None:
@@ -190,6 +230,20 @@ class WorkflowInterruptRepository(Generic[ModelT]):
                 self.session.expunge(obj)
             else:
                 self.session.expire(obj)
+
+
+def _read_releasing(
+    cursor: Cursor, connection: Connection, plan: DialectPlan, workflow_id: str
+) -> Record | None:
+    """Read a record; after a large one, give the connection a fresh cursor so the old
+    one's result (the whole record, held by the driver) is freed."""
+    record = operations.read(cursor, plan, workflow_id)
+    if record is not None and len(record[0]) >= operations.RELEASE_RESULT_BYTES:
+        info = connection.connection.info
+        if info.get(_CURSOR_KEY) is cursor:
+            info[_CURSOR_KEY] = connection.connection.cursor()
+            cast(Any, cursor).close()
+    return record
 
 
 def _instrumented(connection: Connection) -> bool:
