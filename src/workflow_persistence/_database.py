@@ -221,7 +221,11 @@ class _Leases:
             self.give_back(lease)
         # The stack is used from its top: leases at the bottom can sit idle for good, out
         # of the pool's reach (its recycling, pre-ping, other users). Return stale ones.
-        if idle and now - idle[0][1] >= IDLE_RETURN_SECONDS and self._sweeping.acquire(False):
+        try:
+            oldest = idle[0][1]
+        except IndexError:  # emptied by another thread meanwhile
+            return
+        if now - oldest >= IDLE_RETURN_SECONDS and self._sweeping.acquire(False):
             try:
                 self._sweep(now)
             finally:
@@ -229,8 +233,10 @@ class _Leases:
 
     def _sweep(self, now: float) -> None:
         idle = self.idle
-        while idle and now - idle[0][1] >= IDLE_RETURN_SECONDS:
+        while True:  # other threads pop and push meanwhile: every step may find it changed
             try:
+                if now - idle[0][1] < IDLE_RETURN_SECONDS:
+                    return
                 lease, since = idle.pop(0)
             except IndexError:
                 return
