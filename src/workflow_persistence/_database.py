@@ -270,30 +270,8 @@ class _Leases:
             self.give_back(lease)
 
 
-_live_leases: weakref.WeakSet[_Leases] = weakref.WeakSet()
+#: Connections a forked child inherited and must neither use nor close.
 _abandoned: builtins.list[Any] = []
-
-
-def _after_fork_in_child() -> None:
-    # The child must neither use nor close the parent's connections: using one would
-    # change the parent's server session (autocommit, for one), closing one would end
-    # it. Leased connections stay referenced and forgotten; the engine gets a fresh pool
-    # without closing the old one (SQLAlchemy's dispose(close=False) recipe for fork).
-    engines = {}
-    for leases in builtins.list(_live_leases):
-        _abandoned.extend(leases.idle)
-        leases.idle = []
-        leases.pid = os.getpid()
-        leases._sweeping = threading.Lock()
-        if leases.serial is not None:
-            leases.serial = threading.Lock()
-        engines[id(leases.engine)] = leases.engine
-    for engine in engines.values():
-        engine.dispose(close=False)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class DatabasePersistence(RecordPersistence):
@@ -322,13 +300,24 @@ class DatabasePersistence(RecordPersistence):
         self._plan: DialectPlan | None = None
         self._init_lock = threading.Lock()
         self._leases = _Leases(self.engine)
-        _live_leases.add(self._leases)
         self._finalizer = weakref.finalize(
             self, _shutdown, self._leases, self.engine if self._owns_engine else None
         )
 
     def _after_fork(self) -> None:
+        # The child must neither use nor close the parent's connections: using one would
+        # change the parent's server session (autocommit, for one), closing one would end
+        # it. Leased ones stay referenced and forgotten; the engine gets a fresh pool
+        # without closing the old one (SQLAlchemy's dispose(close=False) recipe for fork).
         self._init_lock = threading.Lock()
+        leases = self._leases
+        _abandoned.extend(leases.idle)
+        leases.idle = []
+        leases.pid = os.getpid()
+        leases._sweeping = threading.Lock()
+        if leases.serial is not None:
+            leases.serial = threading.Lock()
+        self.engine.dispose(close=False)
 
     def close(self) -> None:
         """Return leased connections to the pool (and dispose an engine made from a URL).

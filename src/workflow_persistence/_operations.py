@@ -86,7 +86,7 @@ class DialectPlan:
         """One DELETE of records older than ``:cutoff`` (at most ``limit``)."""
         compiled = self._limited_deletes.get(limit)
         if compiled is None:
-            stmt = self.statements.delete_older_than_batch(limit)
+            stmt = self.statements.delete_older_than(limit)
             compiled = self._limited_deletes[limit] = self.compile(stmt)
         return compiled
 

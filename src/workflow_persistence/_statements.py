@@ -117,7 +117,6 @@ class TableStatements:
         self.delete_if_version: Delete = delete(table).where(
             by_id, c.version == bindparam("expected_version")
         )
-        self.delete_older_than: Delete = self._delete_older_than(PRUNE_BATCH)
         self.prune_batch: Delete | ReturningDelete[Any] = self._prune_batch()
 
     def _new_row(self) -> dict[str, Any]:
@@ -159,7 +158,8 @@ class TableStatements:
         ).returning(c.version)
         return upsert, ins.on_conflict_do_nothing(index_elements=[c.workflow_id])
 
-    def _delete_older_than(self, batch: int | None) -> Delete:
+    def delete_older_than(self, batch: int | None) -> Delete:
+        """``DELETE`` of records older than ``:cutoff``, at most ``batch`` of them."""
         c = self.table.c
         old: ColumnElement[bool] = c.updated_at < bindparam("cutoff")
         if batch is None:
@@ -181,7 +181,8 @@ class TableStatements:
         cannot skip while any transaction is open, making a long prune quadratic.
         """
         if self.family == "mysql":
-            return self.delete_older_than  # DELETE .. LIMIT: no RETURNING to move a floor
+            # DELETE .. LIMIT: no RETURNING to move a floor with.
+            return self.delete_older_than(PRUNE_BATCH)
         c = self.table.c
         old: ColumnElement[bool] = c.updated_at < bindparam("cutoff")
         batch = (
@@ -195,10 +196,6 @@ class TableStatements:
             .where(c.workflow_id.in_(batch.scalar_subquery()), old)
             .returning(c.updated_at)
         )
-
-    def delete_older_than_batch(self, batch: int | None) -> Delete:
-        """``DELETE`` of records older than ``:cutoff``, at most ``batch`` of them."""
-        return self.delete_older_than if batch == PRUNE_BATCH else self._delete_older_than(batch)
 
     def select_infos(self, *, before: bool, limited: bool) -> Select[Any]:
         """Listing without ``data``, newest first, served by the ``updated_at`` index.

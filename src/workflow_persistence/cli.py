@@ -28,6 +28,7 @@ from . import _framing, migrations
 from ._codec import UnresolvedObject
 from ._database import DatabasePersistence
 from ._ids import check_workflow_id
+from ._operations import first_line
 from ._serializers import JsonSerializer
 from ._snapshot import Decision, ErrorInfo
 from .errors import CorruptSnapshotError, PersistenceError, WorkflowError
@@ -165,7 +166,7 @@ def _cmd_migrate(args: argparse.Namespace) -> None:
     try:
         migrations.upgrade(url)
     except sa_exc.OperationalError as exc:
-        raise CommandError(f"cannot reach the database: {_first_line(exc.orig or exc)}") from exc
+        raise CommandError(f"cannot reach the database: {first_line(exc)}") from exc
     print(f"workflow_interrupts is up to date in {_safe_url(url)}")
 
 
@@ -299,10 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.run(args)
     except (CommandError, PersistenceError, WorkflowError) as exc:
-        print(f"workflow-persistence {args.command}: {_first_line(exc)}", file=sys.stderr)
+        print(f"workflow-persistence {args.command}: {first_line(exc)}", file=sys.stderr)
         return 1
     except sa_exc.SQLAlchemyError as exc:
-        print(f"workflow-persistence {args.command}: database error: {_first_line(exc)}",
+        print(f"workflow-persistence {args.command}: database error: {first_line(exc)}",
               file=sys.stderr)
         return 1
     except OSError as exc:
@@ -311,15 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # e.g. an Alembic error: still one line, never a traceback
-        print(f"workflow-persistence {args.command}: {type(exc).__name__}: {_first_line(exc)}",
+        print(f"workflow-persistence {args.command}: {type(exc).__name__}: {first_line(exc)}",
               file=sys.stderr)
         return 1
     return 0
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _safe_url(url: Any) -> str:
