@@ -356,34 +356,31 @@ class Workflow:
                 return returned
             snapshot.completed_nodes.append(claim.spec.name)
             if isinstance(returned, StopEvent):
+                result = returned.result  # read before the record goes
                 self._finish(claim)
-                return RunResult(
-                    snapshot.workflow_id, "completed", dict(claim.state), returned.result
-                )
+                return RunResult(snapshot.workflow_id, "completed", dict(claim.state), result)
             self._hand_on(claim, returned)
 
     def _enter(self, claim: _Claim) -> None:
         """Keep the state and event as the node finds them (the serializer deep-copies)."""
         claim.step = len(claim.snapshot.completed_nodes)
         claim.entry = None
+        event = claim.event if getattr(claim.event, "__dataclass_fields__", None) else None
         claim.entry = self.persistence.serializer.dumps(
             WorkflowSnapshot(
-                claim.snapshot.workflow_id,
-                status="running",
-                state=dict(claim.state),
-                event=claim.event,
+                claim.snapshot.workflow_id, status="running", state=dict(claim.state), event=event
             )
         )
 
     def _restore(self, claim: _Claim) -> tuple[WorkflowState, Event]:
-        """The state and event as the node found them."""
+        """The state and event as the node found them (an event without fields as it is)."""
         if claim.entry is None:
             raise WorkflowError("the state the node found was never copied")
         kept = self.persistence.serializer.loads(claim.entry)
         state = WorkflowState(
             kept.state, workflow_id=kept.workflow_id, metadata=claim.state.metadata
         )
-        return state, kept.event  # type: ignore[return-value]
+        return state, claim.event if kept.event is None else kept.event
 
     def _hand_on(self, claim: _Claim, returned: Event) -> None:
         """Save the run at the next node: if that cannot be stored, the node failed."""
@@ -426,12 +423,12 @@ class Workflow:
                 swallowed = _swallowed_interrupt(spec, visit)
                 if swallowed is not None:
                     raise swallowed from exc
-                if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: stop
-                    raise
                 if policy.retries(exc, failures):
                     time.sleep(policy.delay(failures))
                     claim.state, claim.event = self._restore(claim)
                     continue
+                if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: as they are
+                    raise
                 claim.failure = exc
                 raise self._failed(claim, exc) from exc
             finally:
@@ -579,22 +576,34 @@ def _check_resumable(snapshot: WorkflowSnapshot) -> None:
 
 def _damage(s: WorkflowSnapshot) -> str | None:
     """What is wrong with the snapshot's fields, or None."""
+    if (  # the common case, quickly: it runs on every resume
+        s.status in _STATUSES
+        and isinstance(s.state, dict)
+        and isinstance(s.metadata, dict)
+        and isinstance(s.current_node, str)
+        and isinstance(s.event, Event)
+        and _is_names(s.completed_nodes)
+        and _is_attempts(s.attempts)
+        and _is_history(s.history)
+        and (s.error is None or isinstance(s.error, ErrorInfo))
+    ):
+        return None
     checks: tuple[tuple[str, object, bool, str], ...] = (
         ("status", s.status, s.status in _STATUSES, "'interrupted', 'failed' or 'running'"),
         ("state", s.state, isinstance(s.state, dict), "a dict"),
-        ("metadata", s.metadata, isinstance(s.metadata, Mapping), "a dict"),
+        ("metadata", s.metadata, isinstance(s.metadata, dict), "a dict"),
         ("current_node", s.current_node, isinstance(s.current_node, str), "a node name"),
         ("event", s.event, isinstance(s.event, Event), "an Event"),
         ("completed_nodes", s.completed_nodes, _is_names(s.completed_nodes), "a list of names"),
         ("attempts", s.attempts, _is_attempts(s.attempts), "a dict of names to counts"),
         ("history", s.history, _is_history(s.history), "a list of Decision"),
-        ("error", s.error, s.error is None or isinstance(s.error, ErrorInfo), "an ErrorInfo"),
+        ("error", s.error, False, "an ErrorInfo"),
     )
     for name, value, good, wanted in checks:
         if not good:
             shown = repr(value[:60]) if type(value) is str else f"of type {type(value).__name__}"
             return f"{name} is {shown}, not {wanted}"
-    return None
+    return None  # unreachable: one of the checks above failed
 
 
 _STATUSES = tuple(sorted(SNAPSHOT_STATUSES))  # a tuple: ``in`` compares, never hashes
@@ -605,15 +614,21 @@ def _is_names(value: object) -> bool:
 
 
 def _is_attempts(value: object) -> bool:
-    return isinstance(value, dict) and all(
-        type(name) is str and type(count) is int and count >= 0 for name, count in value.items()
-    )
+    if not isinstance(value, dict):
+        return False
+    for name, count in value.items():
+        if type(name) is not str or type(count) is not int or count < 0:
+            return False
+    return True
 
 
 def _is_history(value: object) -> bool:
-    return isinstance(value, list) and all(
-        isinstance(d, Decision) and type(d.node) is str and type(d.step) is int for d in value
-    )
+    if not isinstance(value, list):
+        return False
+    for d in value:
+        if not isinstance(d, Decision) or type(d.node) is not str or type(d.step) is not int:
+            return False
+    return True
 
 
 def _taken_over(snapshot: WorkflowSnapshot) -> ConflictError:
