@@ -375,6 +375,24 @@ def test_a_state_that_cannot_be_rebuilt_is_saved_as_the_node_left_it(store: Pers
     assert workflow.resume("w", "yes").result == "yes"
 
 
+@pytest.mark.usefixtures("gadgets_fixed")
+def test_a_state_neither_rebuilt_nor_stored_is_dropped_and_said_so(store: Persistence) -> None:
+    def ask(event: StartEvent, state: WorkflowState) -> StopEvent:
+        state["hook"] = lambda: 1
+        return StopEvent(result=interrupt("ok?"))
+
+    Fragile.rebuild_fails = True
+    with pytest.raises(CorruptSnapshotError):
+        Workflow([ask], persistence=store, types=[Fragile]).start(
+            {"part": Fragile("gear")}, workflow_id="w"
+        )
+    snapshot = store.load("w")  # still not "running": failed, and what was lost is named
+    assert (snapshot.status, snapshot.state, snapshot.event) == ("failed", {}, None)
+    assert snapshot.error is not None
+    assert "could not be rebuilt" in snapshot.error.message
+    assert "they were dropped" in snapshot.error.message
+
+
 def test_an_interrupt_payload_that_cannot_be_stored_leaves_no_question(
     store: Persistence,
 ) -> None:
