@@ -124,12 +124,11 @@ class FilePersistence(RecordPersistence):
 
     # -- the directory and its lock -----------------------------------------------------
 
-    @contextlib.contextmanager
-    def _opened_directory(self) -> Iterator[int]:
+    def _open_directory(self) -> int:
         """The directory's descriptor: every step of a call is taken relative to it, so a
         directory path swapped meanwhile cannot send one half of the call elsewhere."""
         try:
-            dir_fd = os.open(self.directory, _OPEN_DIRECTORY)
+            return os.open(self.directory, _OPEN_DIRECTORY)
         except FileNotFoundError as exc:
             raise _DirectoryGone(
                 f"the snapshot directory {str(self.directory)!r} was removed; create it"
@@ -139,6 +138,10 @@ class FilePersistence(RecordPersistence):
             raise StorageUnavailableError(
                 f"cannot open the snapshot directory {str(self.directory)!r}: {exc}"
             ) from exc
+
+    @contextlib.contextmanager
+    def _opened_directory(self) -> Iterator[int]:
+        dir_fd = self._open_directory()
         try:
             yield dir_fd
         finally:
@@ -185,17 +188,14 @@ class FilePersistence(RecordPersistence):
 
     # -- records ------------------------------------------------------------------------
 
-    def _path(self, workflow_id: str) -> Path:
-        return self.directory / file_name(workflow_id)
-
     def _write(
         self, workflow_id: str, data: bytes, expected_version: int | None
     ) -> tuple[int, datetime]:
-        path = self._path(workflow_id)
+        name = file_name(workflow_id)
         with self._locked() as dir_fd:
             now = utc_now()
             try:
-                current = _read_header(dir_fd, path, workflow_id)
+                current = _read_header(dir_fd, self.directory, name, workflow_id)
             except CorruptSnapshotError as exc:
                 raise CorruptSnapshotError(
                     f"cannot save {workflow_id!r} over a damaged snapshot file ({exc});"
@@ -203,7 +203,8 @@ class FilePersistence(RecordPersistence):
                 ) from exc
             except _NotAFile as planted:
                 raise StorageUnavailableError(
-                    f"cannot save {workflow_id!r}: {planted.explain(path, workflow_id)}"
+                    f"cannot save {workflow_id!r}: "
+                    + planted.explain(self.directory / name, workflow_id)
                 ) from planted.__cause__
             stored_version = 0 if current is None else current[0]
             if expected_version is not None and expected_version != stored_version:
@@ -212,7 +213,7 @@ class FilePersistence(RecordPersistence):
             version = stored_version + 1
             header = _encode_header(workflow_id, version, created_at, now)
             self._check_size(len(header) + len(data))
-            self._replace(dir_fd, path, header, data)
+            self._replace(dir_fd, name, header, data)
             return version, now
 
     def _check_size(self, size: int) -> None:
@@ -225,8 +226,8 @@ class FilePersistence(RecordPersistence):
                 limit=self.max_size,
             )
 
-    def _replace(self, dir_fd: int, path: Path, header: bytes, data: bytes) -> None:
-        temp = f"{_TEMP_PREFIX}{os.getpid()}-{path.name}"
+    def _replace(self, dir_fd: int, name: str, header: bytes, data: bytes) -> None:
+        temp = f"{_TEMP_PREFIX}{os.getpid()}-{name}"
         try:
             # A leftover of that name (a dead writer with our pid) is removed, and the new
             # file is created exclusively: it is ours, 0o600, and never a symlink's target.
@@ -240,7 +241,7 @@ class FilePersistence(RecordPersistence):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(temp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(temp, dir_fd=dir_fd)
@@ -250,43 +251,59 @@ class FilePersistence(RecordPersistence):
                     f" {str(self.directory)!r}: {exc.strerror}",
                     size=len(data),
                 ) from exc
-            raise StorageUnavailableError(f"cannot write {str(path)!r}: {exc}") from exc
+            raise StorageUnavailableError(
+                f"cannot write {str(self.directory / name)!r}: {exc}"
+            ) from exc
         _fsync_directory(dir_fd, self.directory)
 
     def _read(self, workflow_id: str) -> Record | None:
-        path = self._path(workflow_id)
+        name = file_name(workflow_id)
         try:
-            with self._opened_directory() as dir_fd:
-                fd, size = _open_regular(dir_fd, path.name, _OPEN_READ)
-                try:
-                    return self._read_record(fd, size, path, workflow_id)
-                finally:
-                    os.close(fd)
-        except (FileNotFoundError, _DirectoryGone):
+            dir_fd = self._open_directory()
+        except _DirectoryGone:
+            return None
+        try:
+            fd, size = _open_regular(dir_fd, name, _OPEN_READ)
+            try:
+                return self._read_record(fd, size, name, workflow_id)
+            finally:
+                os.close(fd)
+        except FileNotFoundError:
             return None
         except _NotAFile as planted:
-            raise CorruptSnapshotError(planted.explain(path, workflow_id)) from planted.__cause__
+            raise CorruptSnapshotError(
+                planted.explain(self.directory / name, workflow_id)
+            ) from planted.__cause__
         except OSError as exc:
-            raise StorageUnavailableError(f"cannot read {str(path)!r}: {exc}") from exc
+            raise StorageUnavailableError(
+                f"cannot read {str(self.directory / name)!r}: {exc}"
+            ) from exc
+        finally:
+            os.close(dir_fd)
 
-    def _read_record(self, fd: int, size: int, path: Path, workflow_id: str) -> Record | None:
+    def _read_record(self, fd: int, size: int, name: str, workflow_id: str) -> Record | None:
         if size > self.max_size:
             raise CorruptSnapshotError(
-                f"{str(path)!r} is {size} bytes, more than max_size={self.max_size}, and was"
-                " not read: if you stored it, raise FilePersistence's max_size; else"
-                f" delete({workflow_id!r}) removes it"
+                f"{str(self.directory / name)!r} is {size} bytes, more than max_size="
+                f"{self.max_size}, and was not read: if you stored it, raise"
+                f" FilePersistence's max_size; else delete({workflow_id!r}) removes it"
             )
-        line = _header_line(fd)
-        stored_id, version, created_at, updated_at = _decode_header(line, path)
+        head = os.pread(fd, _HEADER_PROBE, 0)
+        line = _header_line(fd, head)
+        stored_id, version, created_at, updated_at = _decode_header(line, self.directory, name)
         if stored_id != workflow_id:  # a SHA-256 collision, or a file copied by hand
             return None
-        return _pread_exactly(fd, size - len(line), len(line)), version, created_at, updated_at
+        if len(head) == size:  # a small file: all of it is in hand
+            data = head[len(line) :]
+        else:
+            data = _pread_exactly(fd, size - len(line), len(line))
+        return data, version, created_at, updated_at
 
     def _remove(self, workflow_id: str, expected_version: int | None) -> bool:
-        path = self._path(workflow_id)
+        name = file_name(workflow_id)
         with self._locked() as dir_fd:
             try:
-                current = _read_header(dir_fd, path, workflow_id)
+                current = _read_header(dir_fd, self.directory, name, workflow_id)
                 damaged = False
             except CorruptSnapshotError:
                 if expected_version is not None:
@@ -295,7 +312,8 @@ class FilePersistence(RecordPersistence):
             except _NotAFile as planted:
                 if expected_version is not None or planted.is_directory:
                     raise StorageUnavailableError(
-                        f"cannot delete {workflow_id!r}: {planted.explain(path, workflow_id)}"
+                        f"cannot delete {workflow_id!r}: "
+                        + planted.explain(self.directory / name, workflow_id)
                     ) from planted.__cause__
                 current, damaged = None, True  # unlink removes the entry, follows nothing
             if expected_version is not None:
@@ -305,31 +323,38 @@ class FilePersistence(RecordPersistence):
             if current is None and not damaged:
                 return False
             try:
-                os.unlink(path.name, dir_fd=dir_fd)
+                os.unlink(name, dir_fd=dir_fd)
             except FileNotFoundError:
                 return False
             except OSError as exc:
-                raise StorageUnavailableError(f"cannot delete {str(path)!r}: {exc}") from exc
+                raise StorageUnavailableError(
+                    f"cannot delete {str(self.directory / name)!r}: {exc}"
+                ) from exc
             _fsync_directory(dir_fd, self.directory)
         return True
 
     def _contains(self, workflow_id: str) -> bool:
-        path = self._path(workflow_id)
+        name = file_name(workflow_id)
         try:
-            with self._opened_directory() as dir_fd:
-                return _read_header(dir_fd, path, workflow_id) is not None
+            dir_fd = self._open_directory()
         except _DirectoryGone:
             return False
+        try:
+            return _read_header(dir_fd, self.directory, name, workflow_id) is not None
         except CorruptSnapshotError:
             return True  # something is stored under this id; load() reports the damage
         except _NotAFile as planted:
-            raise CorruptSnapshotError(planted.explain(path, workflow_id)) from planted.__cause__
+            raise CorruptSnapshotError(
+                planted.explain(self.directory / name, workflow_id)
+            ) from planted.__cause__
+        finally:
+            os.close(dir_fd)
 
     def _scan(self, dir_fd: int) -> Iterator[tuple[str, StoredSnapshotInfo]]:
         for entry in _entries(dir_fd, self.directory):
             if not entry.name.endswith(_SUFFIX) or entry.name.startswith("."):
                 continue
-            info = _read_info(dir_fd, self.directory / entry.name)
+            info = _read_info(dir_fd, self.directory, entry.name)
             if info is not None:
                 yield entry.name, info
 
@@ -440,9 +465,9 @@ def _require_regular(mode: int) -> None:
         raise _NotAFile(mode)
 
 
-def _header_line(fd: int) -> bytes:
-    """The file's first line, at most _MAX_HEADER bytes, without reading the rest."""
-    head = os.pread(fd, _HEADER_PROBE, 0)
+def _header_line(fd: int, head: bytes) -> bytes:
+    """The first line of the file whose first _HEADER_PROBE bytes are ``head``: at most
+    _MAX_HEADER bytes, and nothing after it is read."""
     end = head.find(b"\n")
     if end < 0 and len(head) == _HEADER_PROBE:  # too long for any valid header: damaged
         head = os.pread(fd, _MAX_HEADER, 0)
@@ -477,9 +502,11 @@ def _encode_header(workflow_id: str, version: int, created: datetime, updated: d
     return _MAGIC + json.dumps(fields, ensure_ascii=True).encode("ascii") + b"\n"
 
 
-def _decode_header(line: bytes, path: Path) -> tuple[str, int, datetime, datetime]:
+def _decode_header(line: bytes, directory: Path, name: str) -> tuple[str, int, datetime, datetime]:
     if not line.startswith(_MAGIC):
-        raise CorruptSnapshotError(f"{str(path)!r} is not a snapshot file of this library")
+        raise CorruptSnapshotError(
+            f"{str(directory / name)!r} is not a snapshot file of this library"
+        )
     try:
         fields = json.loads(line[len(_MAGIC) :])
         stored_id = fields["id"]
@@ -487,7 +514,7 @@ def _decode_header(line: bytes, path: Path) -> tuple[str, int, datetime, datetim
         created = datetime.fromisoformat(fields["created_at"])
         updated = datetime.fromisoformat(fields["updated_at"])
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise CorruptSnapshotError(f"damaged header in {str(path)!r}: {exc}") from exc
+        raise CorruptSnapshotError(f"damaged header in {str(directory / name)!r}: {exc}") from exc
     if (
         not isinstance(stored_id, str)
         or type(version) is not int
@@ -495,43 +522,45 @@ def _decode_header(line: bytes, path: Path) -> tuple[str, int, datetime, datetim
         or created.utcoffset() is None
         or updated.utcoffset() is None
     ):
-        raise CorruptSnapshotError(f"damaged header in {str(path)!r}: unexpected field values")
+        raise CorruptSnapshotError(
+            f"damaged header in {str(directory / name)!r}: unexpected field values"
+        )
     return stored_id, version, created, updated
 
 
-def _read_header(dir_fd: int, path: Path, workflow_id: str) -> tuple[int, datetime] | None:
+def _read_header(
+    dir_fd: int, directory: Path, name: str, workflow_id: str
+) -> tuple[int, datetime] | None:
     """``(version, created_at)`` from the header alone; None if nothing is stored."""
     try:
-        fd, _ = _open_regular(dir_fd, path.name, _OPEN_READ)
+        fd, _ = _open_regular(dir_fd, name, _OPEN_READ)
+        try:
+            line = _header_line(fd, os.pread(fd, _HEADER_PROBE, 0))
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StorageUnavailableError(f"cannot read {str(path)!r}: {exc}") from exc
-    try:
-        line = _header_line(fd)
-    except OSError as exc:
-        raise StorageUnavailableError(f"cannot read {str(path)!r}: {exc}") from exc
-    finally:
-        os.close(fd)
-    stored_id, version, created, _ = _decode_header(line, path)
+        raise StorageUnavailableError(f"cannot read {str(directory / name)!r}: {exc}") from exc
+    stored_id, version, created, _ = _decode_header(line, directory, name)
     return (version, created) if stored_id == workflow_id else None
 
 
-def _read_info(dir_fd: int, path: Path) -> StoredSnapshotInfo | None:
+def _read_info(dir_fd: int, directory: Path, name: str) -> StoredSnapshotInfo | None:
     """What ``list`` shows of one file, None for anything that is not a readable
     snapshot file of ours (list what can be listed; load() reports the damage)."""
     try:
-        fd, _ = _open_regular(dir_fd, path.name, _OPEN_READ)
+        fd, _ = _open_regular(dir_fd, name, _OPEN_READ)
     except (OSError, _NotAFile):
         return None
     try:
-        line = _header_line(fd)
-        stored_id, version, created, updated = _decode_header(line, path)
+        line = _header_line(fd, os.pread(fd, _HEADER_PROBE, 0))
+        stored_id, version, created, updated = _decode_header(line, directory, name)
     except (OSError, CorruptSnapshotError):
         return None
     finally:
         os.close(fd)
-    if path.name != file_name(stored_id):
+    if name != file_name(stored_id):
         return None  # copied or renamed by hand: load() would not find it under that id
     return StoredSnapshotInfo(stored_id, created, updated, version)
 
