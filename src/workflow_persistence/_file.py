@@ -70,8 +70,11 @@ if sys.platform != "win32":  # what the guarantees rest on: openat(2), O_NOFOLLO
     _CREATE_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     #: What opening with O_NOFOLLOW | O_NONBLOCK says when the entry is not a regular file
     #: (a link: ELOOP, EMLINK on the BSDs; a socket: ENXIO), as the file type it means.
-    _REFUSED_BY_OPEN = {errno.ELOOP: stat.S_IFLNK, errno.EMLINK: stat.S_IFLNK,
-                        errno.ENXIO: stat.S_IFSOCK}
+    _REFUSED_BY_OPEN = {
+        errno.ELOOP: stat.S_IFLNK,
+        errno.EMLINK: stat.S_IFLNK,
+        errno.ENXIO: stat.S_IFSOCK,
+    }
 
 
 def file_name(workflow_id: str) -> str:
@@ -151,8 +154,8 @@ class FilePersistence(RecordPersistence):
     def _locked(self) -> Iterator[int]:
         """Exclusive against every writer of this directory, in any thread or process;
         yields the directory's descriptor."""
+        # flock is per open file; the thread lock keeps threads orderly too.
         with self._thread_lock, self._opened_directory() as dir_fd:
-            # flock is per open file; the thread lock keeps threads orderly too.
             lock_fd = self._open_lock(dir_fd)
             try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX)
@@ -528,10 +531,10 @@ def _decode_header(line: bytes, directory: Path, name: str) -> tuple[str, int, d
     return stored_id, version, created, updated
 
 
-def _read_header(
-    dir_fd: int, directory: Path, name: str, workflow_id: str
-) -> tuple[int, datetime] | None:
-    """``(version, created_at)`` from the header alone; None if nothing is stored."""
+def _header_fields(
+    dir_fd: int, directory: Path, name: str
+) -> tuple[str, int, datetime, datetime] | None:
+    """The decoded header line of ``name``, read alone; None if there is no such entry."""
     try:
         fd, _ = _open_regular(dir_fd, name, _OPEN_READ)
         try:
@@ -542,27 +545,30 @@ def _read_header(
         return None
     except OSError as exc:
         raise StorageUnavailableError(f"cannot read {str(directory / name)!r}: {exc}") from exc
-    stored_id, version, created, _ = _decode_header(line, directory, name)
-    return (version, created) if stored_id == workflow_id else None
+    return _decode_header(line, directory, name)
+
+
+def _read_header(
+    dir_fd: int, directory: Path, name: str, workflow_id: str
+) -> tuple[int, datetime] | None:
+    """``(version, created_at)`` of what is stored under ``workflow_id``, or None."""
+    fields = _header_fields(dir_fd, directory, name)
+    if fields is None or fields[0] != workflow_id:
+        return None
+    return fields[1], fields[2]
 
 
 def _read_info(dir_fd: int, directory: Path, name: str) -> StoredSnapshotInfo | None:
     """What ``list`` shows of one file, None for anything that is not a readable
     snapshot file of ours (list what can be listed; load() reports the damage)."""
     try:
-        fd, _ = _open_regular(dir_fd, name, _OPEN_READ)
-    except (OSError, _NotAFile):
+        fields = _header_fields(dir_fd, directory, name)
+    except (StorageUnavailableError, CorruptSnapshotError, _NotAFile):
         return None
-    try:
-        line = _header_line(fd, os.pread(fd, _HEADER_PROBE, 0))
-        stored_id, version, created, updated = _decode_header(line, directory, name)
-    except (OSError, CorruptSnapshotError):
-        return None
-    finally:
-        os.close(fd)
-    if name != file_name(stored_id):
-        return None  # copied or renamed by hand: load() would not find it under that id
-    return StoredSnapshotInfo(stored_id, created, updated, version)
+    if fields is None or name != file_name(fields[0]):
+        return None  # gone, or copied or renamed by hand: load() would not find it so
+    stored_id, version, created_at, updated_at = fields
+    return StoredSnapshotInfo(stored_id, created_at, updated_at, version)
 
 
 def _entries(dir_fd: int, directory: Path) -> builtins.list[os.DirEntry[str]]:
