@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import os
 import secrets
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 from workflow_persistence import (
     DatabasePersistence,
@@ -508,6 +509,66 @@ def test_url_is_taken_before_or_after_the_command(tmp_path: Path) -> None:
     assert json.loads(ok("--url", second, "show", "in-second"))["workflow_id"] == "in-second"
     assert "in-first" in ok("--url", first, "delete", "in-first")
     assert stored_ids(first) == [] and stored_ids(second) == ["in-second"]
+
+
+# -- the demo -----------------------------------------------------------------------------------
+
+
+def suggested_commands(demo_output: str) -> list[list[str]]:
+    """The commands the demo's closing hint tells the user to type."""
+    lines = demo_output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Next:"))
+    return [
+        shlex.split(line)
+        for line in lines[start + 1 :]
+        if line.startswith("   ") and not line.strip().startswith("(")
+    ]
+
+
+def run_suggested(
+    command: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != URL_ENV_VAR}
+    environ.update(env or {})
+    return subprocess.run(
+        command, capture_output=True, text=True, cwd=cwd, env=environ, timeout=TIMEOUT,
+        check=False,
+    )
+
+
+def check_the_hint_works(output: str, cwd: Path) -> None:
+    listing, showing, answering = suggested_commands(output)
+    assert "list" in listing and "show" in showing and "--resume" in answering
+    listed = run_suggested(listing, cwd)
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == ["demo-refund-waiting"]
+
+    shown = run_suggested(showing, cwd)
+    assert shown.returncode == 0, shown.stderr
+    snapshot = json.loads(shown.stdout)
+    assert snapshot["status"] == "interrupted"
+    assert "240.00 EUR" in snapshot["interrupt"]["question"]
+
+    answered = run_suggested(answering, cwd)
+    assert answered.returncode == 0, answered.stderr
+    assert "completed" in answered.stdout and "declined" in answered.stdout
+    assert run_suggested(listing, cwd).stdout.strip() == "no stored workflows"
+
+
+def test_the_demo_leaves_a_waiting_run_for_the_commands_it_suggests(tmp_path: Path) -> None:
+    ok("demo", cwd=tmp_path)
+    again = ok("demo", cwd=tmp_path)  # replaces the waiting run, never piles them up
+    assert "--url" not in again  # the default database: the commands find it on their own
+    check_the_hint_works(again, tmp_path)
+
+
+def test_the_demo_suggests_the_url_it_used(url: str, tmp_path: Path) -> None:
+    output = ok("demo", "--url", url, cwd=tmp_path)
+    for command in suggested_commands(output):
+        assert command[command.index("--url") + 1] == make_url(url).render_as_string()
+    if make_url(url).password is None:
+        check_the_hint_works(output, tmp_path)
+    assert os.listdir(tmp_path) == []  # nothing went to a local SQLite file
 
 
 # -- the default URL ----------------------------------------------------------------------------
