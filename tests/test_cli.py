@@ -526,33 +526,33 @@ def suggested_commands(demo_output: str) -> list[list[str]]:
 
 
 def run_suggested(
-    command: list[str], cwd: Path, env: dict[str, str] | None = None
+    command: list[str], cwd: Path, env: dict[str, str] | None
 ) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if k != URL_ENV_VAR}
-    environ.update(env or {})
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != URL_ENV_VAR}
     return subprocess.run(
-        command, capture_output=True, text=True, cwd=cwd, env=environ, timeout=TIMEOUT,
-        check=False,
+        command, capture_output=True, text=True, cwd=cwd, env=env, timeout=TIMEOUT, check=False
     )
 
 
-def check_the_hint_works(output: str, cwd: Path) -> None:
+def check_the_hint_works(output: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+    """Type the demo's closing commands as printed: they find its waiting run, then end it."""
     listing, showing, answering = suggested_commands(output)
     assert "list" in listing and "show" in showing and "--resume" in answering
-    listed = run_suggested(listing, cwd)
+    listed = run_suggested(listing, cwd, env)
     assert listed.returncode == 0, listed.stderr
     assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == ["demo-refund-waiting"]
 
-    shown = run_suggested(showing, cwd)
+    shown = run_suggested(showing, cwd, env)
     assert shown.returncode == 0, shown.stderr
     snapshot = json.loads(shown.stdout)
     assert snapshot["status"] == "interrupted"
     assert "240.00 EUR" in snapshot["interrupt"]["question"]
 
-    answered = run_suggested(answering, cwd)
+    answered = run_suggested(answering, cwd, env)
     assert answered.returncode == 0, answered.stderr
     assert "completed" in answered.stdout and "declined" in answered.stdout
-    assert run_suggested(listing, cwd).stdout.strip() == "no stored workflows"
+    assert run_suggested(listing, cwd, env).stdout.strip() == "no stored workflows"
 
 
 def test_the_demo_leaves_a_waiting_run_for_the_commands_it_suggests(tmp_path: Path) -> None:

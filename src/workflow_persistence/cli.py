@@ -358,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _explain(exc: Exception) -> str:
     """One line for an operator; a refused login or a missing database is named as such."""
-    refusal = _refusal(exc)
+    refusal = _refusal(exc) or _missing_driver(exc)
     if refusal is not None:
         return refusal
     if isinstance(exc, CommandError | PersistenceError | WorkflowError):
@@ -397,6 +397,21 @@ def _refusal(exc: BaseException) -> str | None:
         refusal = _mysql_refusal(error) or _postgresql_refusal(error)
         if refusal is not None:
             return refusal
+    return None
+
+
+#: The drivers the extras install: ``make demo`` and a plain ``pip install`` bring neither.
+_DRIVER_EXTRAS = {"psycopg": ("PostgreSQL", "postgresql"), "pymysql": ("MySQL", "mysql")}
+
+
+def _missing_driver(exc: BaseException) -> str | None:
+    for error in _causes(exc):
+        if isinstance(error, ImportError) and error.name in _DRIVER_EXTRAS:
+            database, extra = _DRIVER_EXTRAS[error.name]
+            return (
+                f"the {database} driver ({error.name}) is not installed:"
+                f" pip install 'workflow-persistence[{extra}]'"
+            )
     return None
 
 
