@@ -163,11 +163,6 @@ def test_make_demo_on_a_fresh_checkout(tmp_path: Path) -> None:
     assert "pip install 'workflow-persistence[postgresql]'" in driverless.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_ids.py, _serializers.py, _snapshot.py, abc.py and errors.py still cite it; they"
-    " are cleaned when issue 7 is merged: then remove this mark",
-)
 def test_no_module_cites_a_page_users_never_see() -> None:
     package = Path(workflow_persistence.__file__).parent
     citing = sorted(

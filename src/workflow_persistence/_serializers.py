@@ -1,4 +1,4 @@
-"""Snapshot serializers (API.md section 4): the safe default and a signed pickle."""
+"""Snapshot serializers: the safe default and a signed pickle."""
 
 from __future__ import annotations
 
