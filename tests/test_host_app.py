@@ -271,11 +271,15 @@ def test_the_host_first_revision_lands_in_the_host_folder(host: HostProject) -> 
     assert REVISION in script.get_heads()
     text = host.revision_file.read_text(encoding="utf-8")
     assert "down_revision = None" in text
-    assert "import workflow_persistence._types" in text  # render_item added the import
     upgrade = function_source(host.revision_file, "upgrade")
     assert "op.create_table('users'" in upgrade
     assert "op.create_table('host_interrupts'" in upgrade
     assert "drop_" not in upgrade
+    # The mixin's table names the library's public types, and imports them.
+    assert "import workflow_persistence.types\n" in text
+    assert "workflow_persistence.types.WorkflowIdType(length=255)" in upgrade
+    assert "workflow_persistence.types.UTCDateTime(timezone=True)" in upgrade
+    assert "workflow_persistence._" not in text  # no private module
     assert TABLE not in text
     assert migrations.VERSION_TABLE not in text
 
@@ -463,3 +467,37 @@ def test_mixin_table_args_keep_the_index_in_a_schema(
             assert (row.data, row.version) == (b"in a schema, again", 2)
     finally:
         engine.dispose()
+
+
+# -- the column types are public ------------------------------------------------------------
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_the_column_types_are_public() -> None:
+    from workflow_persistence import _types, types
+
+    assert set(types.__all__) == {"BinaryData", "UTCDateTime", "WorkflowIdType"}
+    for name in types.__all__:  # revisions generated before still import the old module
+        assert getattr(_types, name) is getattr(types, name)
+    assert types.WorkflowIdType.__module__ == types.UTCDateTime.__module__ == types.__name__
+    columns = workflow_persistence.WorkflowInterrupt.__table__.c
+    assert isinstance(columns.workflow_id.type, types.WorkflowIdType)
+    assert isinstance(columns.created_at.type, types.UTCDateTime)
+    assert isinstance(columns.updated_at.type, types.UTCDateTime)
+    assert repr(columns.data.type) == repr(types.BinaryData)
+    # The packaged revisions import the public module, never a private one.
+    revisions = sorted(Path(migrations.versions_dir()).glob("*.py"))
+    assert revisions
+    for revision in revisions:
+        ours = {m for m in imported_modules(revision) if m.startswith("workflow_persistence")}
+        assert ours == {"workflow_persistence.types"}, revision.name

@@ -21,8 +21,8 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
-from ._types import WorkflowIdType
 from .models import TABLE_NAME
+from .types import WorkflowIdType
 
 __all__ = [
     "BRANCH",
@@ -103,7 +103,7 @@ def render_item(type_: str, obj: Any, autogen_context: Any) -> str | Literal[Fal
     """Alembic ``render_item`` hook: revisions using our column types import them.
 
     Autogenerate writes a column built on ``WorkflowInterruptMixin`` as
-    ``workflow_persistence._types.WorkflowIdType(...)`` but adds no import for it, so the
+    ``workflow_persistence.types.WorkflowIdType(...)`` but adds no import for it, so the
     revision fails with a NameError. This adds the import and keeps Alembic's rendering.
     """
     if type_ == "type":

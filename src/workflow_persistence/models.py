@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Index, Integer, MetaData
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
-from ._types import BinaryData, UTCDateTime, WorkflowIdType
+from .types import BinaryData, UTCDateTime, WorkflowIdType
 
 __all__ = ["Base", "WorkflowInterrupt", "WorkflowInterruptMixin", "metadata"]
 
