@@ -1,6 +1,6 @@
 """A host application with its own declarative Base and its own Alembic environment.
 
-The host (``tests/hostapp/models.py``) has its ``users`` table and a snapshot table of its
+The host (``tests/hostapp/models.py``) has its ``users`` table and snapshot tables of its
 own built on ``WorkflowInterruptMixin``. Its Alembic environment, generated in a temporary
 folder, adds the library's ``versions_dir()`` to ``version_locations`` (with
 ``path_separator = newline``) and runs ``upgrade heads`` on each real database.
@@ -50,6 +50,7 @@ from .hostapp.support import (
 
 REVISION = "wfp_0001"
 HOST_VERSION_TABLE = "alembic_version"
+HOST_TABLES = {"users", "host_interrupts", "host_archived_interrupts"}
 
 HOST_ENV = '''\
 """The host app's Alembic environment: its own models, its own version table."""
@@ -245,7 +246,7 @@ def test_the_library_heads_are_found_through_version_locations(host: HostProject
 
 
 def test_upgrade_heads_creates_both_tables(host: HostProject) -> None:
-    assert host.tables_after_host == {"users", "host_interrupts", TABLE, HOST_VERSION_TABLE}
+    assert host.tables_after_host == {*HOST_TABLES, TABLE, HOST_VERSION_TABLE}
     # The host's version table tracks both branches; the standalone one is never made.
     script = ScriptDirectory.from_config(Config(str(host.ini)))
     (host_revision,) = set(script.get_heads()) - {REVISION}
@@ -280,6 +281,12 @@ def test_the_host_first_revision_lands_in_the_host_folder(host: HostProject) -> 
     assert "workflow_persistence.types.WorkflowIdType(length=255)" in upgrade
     assert "workflow_persistence.types.UTCDateTime(timezone=True)" in upgrade
     assert "workflow_persistence._" not in text  # no private module
+    # A table given its own __table_args__ dict keeps the mixin's index.
+    assert "op.create_table('host_archived_interrupts'" in upgrade
+    assert (
+        "op.create_index('ix_host_archived_interrupts_updated_at', 'host_archived_interrupts',"
+        " ['updated_at'], unique=False)"
+    ) in upgrade
     assert TABLE not in text
     assert migrations.VERSION_TABLE not in text
 
@@ -424,18 +431,37 @@ def schema_name(
         yield "hostapp", options
 
 
+def only_the_scoped_table(schema: str) -> Callable[[str | None, str, Any], bool]:
+    """An include_name that compares ``scoped_interrupts`` in ``schema`` and nothing else."""
+
+    def include(name: str | None, type_: str, parents: Any) -> bool:
+        if type_ == "schema":
+            return name == schema
+        if type_ == "table":
+            return name == "scoped_interrupts"
+        return bool(parents.get("table_name") == "scoped_interrupts")
+
+    return include
+
+
+@pytest.mark.parametrize("style", ["dict", "table_args"])
 def test_mixin_table_args_keep_the_index_in_a_schema(
-    empty_database_url: URL, schema_name: tuple[str, dict[str, Any]]
+    empty_database_url: URL, schema_name: tuple[str, dict[str, Any]], style: str
 ) -> None:
+    """``__table_args__ = {"schema": ...}`` (the host's own dict) or the helper: the
+    ``updated_at`` index is there either way, in the model, the database and Alembic's eyes."""
     schema, options = schema_name
+    table_options = {"schema": schema, "comment": "host snapshots"}
 
     class SchemaBase(DeclarativeBase):
         pass
 
     class Scoped(WorkflowInterruptMixin, SchemaBase):
         __tablename__ = "scoped_interrupts"
-        __table_args__ = WorkflowInterruptMixin.table_args(
-            "scoped_interrupts", schema=schema, comment="host snapshots"
+        __table_args__ = (
+            table_options
+            if style == "dict"
+            else WorkflowInterruptMixin.table_args("scoped_interrupts", **table_options)
         )
 
     table = Scoped.__table__
@@ -457,6 +483,15 @@ def test_mixin_table_args_keep_the_index_in_a_schema(
         assert [(i["name"], i["column_names"]) for i in indexes] == [
             ("ix_scoped_interrupts_updated_at", ["updated_at"])
         ]
+        with engine.connect() as connection:
+            diff = schema_diff(
+                connection,
+                SchemaBase.metadata,
+                version_table=HOST_VERSION_TABLE,
+                include_schemas=True,
+                include_name=only_the_scoped_table(schema),
+            )
+        assert diff == []
         with Session(engine) as session, session.begin():
             repository = WorkflowInterruptRepository(session, model=Scoped)
             assert repository.upsert("run-1", b"in a schema") == 1
@@ -467,6 +502,74 @@ def test_mixin_table_args_keep_the_index_in_a_schema(
             assert (row.data, row.version) == (b"in a schema, again", 2)
     finally:
         engine.dispose()
+
+
+def table_of(model: type[Any]) -> sa.Table:
+    table = model.__table__
+    assert isinstance(table, sa.Table)
+    return table
+
+
+def index_columns(model: type[Any]) -> list[tuple[str | None, list[str]]]:
+    return sorted((i.name, [c.name for c in i.columns]) for i in table_of(model).indexes)
+
+
+def test_the_mixin_index_survives_whatever_table_args_the_host_gives() -> None:
+    class OwnBase(DeclarativeBase):
+        pass
+
+    class Plain(WorkflowInterruptMixin, OwnBase):
+        __tablename__ = "plain"
+
+    class AsDict(WorkflowInterruptMixin, OwnBase):
+        __tablename__ = "as_dict"
+        __table_args__ = {"schema": "app", "comment": "c"}  # noqa: RUF012
+
+    class AsTuple(WorkflowInterruptMixin, OwnBase):
+        __tablename__ = "as_tuple"
+        __table_args__ = (sa.UniqueConstraint("version", "workflow_id"), {"schema": "app"})
+
+    class ViaHelper(WorkflowInterruptMixin, OwnBase):
+        __tablename__ = "via_helper"
+        __table_args__ = WorkflowInterruptMixin.table_args("via_helper", schema="app")
+
+    class OwnIndex(WorkflowInterruptMixin, OwnBase):
+        """The host indexes updated_at itself: no second index on the same column."""
+
+        __tablename__ = "own_index"
+        __table_args__ = (sa.Index("recent_first", sa.text("updated_at DESC")),
+                          sa.Index("by_update", "updated_at"))
+
+    for model in (Plain, AsDict, AsTuple, ViaHelper):
+        name = table_of(model).name
+        assert index_columns(model) == [(f"ix_{name}_updated_at", ["updated_at"])], name
+    assert table_of(AsDict).schema == table_of(AsTuple).schema == "app"
+    assert table_of(AsDict).comment == "c"
+    unique = [c for c in table_of(AsTuple).constraints if isinstance(c, sa.UniqueConstraint)]
+    assert [[c.name for c in u.columns] for u in unique] == [["version", "workflow_id"]]
+    assert index_columns(OwnIndex) == [("by_update", ["updated_at"]), ("recent_first", [])]
+
+
+def test_the_mixin_index_on_other_declarative_styles() -> None:
+    legacy = sa.orm.declarative_base()
+    registry = sa.orm.registry()
+
+    class Legacy(WorkflowInterruptMixin, legacy):  # type: ignore[valid-type,misc]
+        __tablename__ = "legacy"
+        __table_args__ = {"schema": "app"}  # noqa: RUF012
+
+    @registry.mapped
+    class Decorated(WorkflowInterruptMixin):
+        __tablename__ = "decorated"
+        __table_args__ = {"schema": "app"}  # noqa: RUF012
+
+    class Single(Legacy):
+        """Single-table inheritance shares the parent's table and index."""
+
+    assert index_columns(Legacy) == [("ix_legacy_updated_at", ["updated_at"])]
+    assert index_columns(Decorated) == [("ix_decorated_updated_at", ["updated_at"])]
+    assert table_of(Single) is table_of(Legacy)
+    assert index_columns(Single) == [("ix_legacy_updated_at", ["updated_at"])]
 
 
 # -- the column types are public ------------------------------------------------------------
