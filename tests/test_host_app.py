@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ from .hostapp.support import (
     TABLE,
     alembic,
     connected,
+    run,
     schema_diff,
     table_names,
     url_text,
@@ -49,7 +51,10 @@ from .hostapp.support import (
 )
 
 REVISION = "wfp_0001"
+#: The console script installed next to the interpreter running the tests.
+CLI = Path(sys.executable).with_name("workflow-persistence")
 HOST_VERSION_TABLE = "alembic_version"
+HOST_BRANCH = "app"
 HOST_TABLES = {"users", "host_interrupts", "host_archived_interrupts"}
 
 HOST_ENV = '''\
@@ -354,6 +359,96 @@ def test_the_host_table_from_its_own_revision_works(host: HostProject) -> None:
             connection.execute(sa.delete(HostInterrupt))
     finally:
         engine.dispose()
+
+
+# -- the library made its tables first: `migrate` or a first use, then the host's Alembic ---
+
+
+@dataclass
+class LibraryFirst:
+    kind: str
+    how: str
+    url: URL
+    root: Path
+    ini: Path
+    tables_before_host: set[str]
+
+    def alembic(self, *args: str, expect_ok: bool = True) -> Any:
+        return alembic(
+            "-x", f"url={url_text(self.url)}", *args,
+            cwd=self.root, config=self.ini, expect_ok=expect_ok,
+        )
+
+
+LIBRARY_FIRST = [(kind, how) for kind in DATABASES for how in ("migrate", "first-use")]
+
+
+@pytest.fixture(scope="module", params=LIBRARY_FIRST, ids=["-".join(p) for p in LIBRARY_FIRST])
+def library_first(
+    request: pytest.FixtureRequest,
+    new_database_url: Callable[[str], URL],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> LibraryFirst:
+    """The library's tables exist before the host's Alembic first runs.
+
+    ``migrate``: ``workflow-persistence migrate`` keeps the library's tables, the host's
+    version_locations hold only its own folder. ``first-use``: ``DatabasePersistence`` made
+    them, and the host, set up as the README shows, adopts the library's branch with
+    ``stamp workflow_persistence@head``. Either way the host then makes its first revision
+    and runs ``upgrade heads``.
+    """
+    kind, how = request.param
+    url = new_database_url(kind)
+    root = tmp_path_factory.mktemp(f"library-first-{kind}-{how}")
+    tracks_ours = how == "first-use"
+    ini = make_host_project(root, version_locations=tracks_ours)
+    if how == "migrate":
+        run([CLI, "migrate", "--url", url_text(url)], cwd=root)
+    else:
+        with DatabasePersistence(url) as persistence:
+            persistence.save(WorkflowSnapshot(f"first-{kind}", state={"n": 1}))
+    project = LibraryFirst(kind, how, url, root, ini, table_names(url))
+    if tracks_ours:
+        project.alembic("stamp", f"{migrations.BRANCH}@head")
+    project.alembic(
+        "revision", "--autogenerate", "-m", "create users",
+        "--head=base", f"--branch-label={HOST_BRANCH}",
+        f"--version-path={root / 'migrations' / 'versions'}",
+    )
+    project.alembic("upgrade", "heads")
+    return project
+
+
+@pytest.mark.parametrize("target", ["list", "hook"])
+def test_alembic_check_after_the_library_made_its_tables(
+    library_first: LibraryFirst, target: str
+) -> None:
+    # Both library tables are there, its version table included, next to the host's.
+    assert library_first.tables_before_host == {TABLE, migrations.VERSION_TABLE}
+    assert table_names(library_first.url) == {
+        *HOST_TABLES, TABLE, migrations.VERSION_TABLE, HOST_VERSION_TABLE
+    }
+    done = library_first.alembic("-x", f"target={target}", "check")
+    assert "No new upgrade operations detected" in done.stdout + done.stderr
+
+
+def test_compare_metadata_after_the_library_made_its_tables(library_first: LibraryFirst) -> None:
+    with connected(library_first.url) as connection:
+        both = [HostBase.metadata, workflow_persistence.metadata]
+        assert schema_diff(connection, both, version_table=HOST_VERSION_TABLE) == []
+        hooked = schema_diff(
+            connection,
+            HostBase.metadata,
+            version_table=HOST_VERSION_TABLE,
+            include_name=migrations.include_name,
+        )
+        assert hooked == []
+        # Only a host that lists the library's metadata owns its version table: one that
+        # lists neither still hears about both tables, as about any table it doesn't know.
+        bare = schema_diff(connection, HostBase.metadata, version_table=HOST_VERSION_TABLE)
+        dropped = {d[1].name for d in bare if d[0] == "remove_table"}
+        assert dropped == {TABLE, migrations.VERSION_TABLE}
+    assert version_rows(library_first.url) == [REVISION]  # the library's own record stays
 
 
 # -- version_locations set in code --------------------------------------------------------

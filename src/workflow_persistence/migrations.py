@@ -21,7 +21,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
-from .models import TABLE_NAME
+from .models import TABLE_NAME, VERSION_TABLE
 from .types import WorkflowIdType
 
 __all__ = [
@@ -42,8 +42,6 @@ __all__ = [
 
 #: The branch label of the first revision: ``alembic upgrade workflow_persistence@head``.
 BRANCH = "workflow_persistence"
-#: Where the standalone environment records its revision.
-VERSION_TABLE = "workflow_persistence_alembic_version"
 URL_ENV_VAR = "WORKFLOW_PERSISTENCE_URL"
 DEFAULT_URL = "sqlite:///workflow_persistence.db"
 

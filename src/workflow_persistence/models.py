@@ -8,11 +8,14 @@ from typing import Any
 from sqlalchemy import Index, Integer, MetaData, Table, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, mapped_column
 
+from ._autogenerate import leave_version_table_alone
 from .types import BinaryData, UTCDateTime, WorkflowIdType
 
 __all__ = ["Base", "WorkflowInterrupt", "WorkflowInterruptMixin", "metadata"]
 
 TABLE_NAME = "workflow_interrupts"
+#: Where ``workflow-persistence migrate`` and ``DatabasePersistence`` record the revision.
+VERSION_TABLE = "workflow_persistence_alembic_version"
 
 
 def updated_at_index(table_name: str) -> Index:
@@ -92,3 +95,5 @@ class WorkflowInterrupt(WorkflowInterruptMixin, Base):
 
 #: The MetaData holding ``workflow_interrupts``, for a host app's ``target_metadata``.
 metadata = Base.metadata
+# A host listing it also owns our version table, as far as its autogenerate is concerned.
+leave_version_table_alone(metadata, VERSION_TABLE)
