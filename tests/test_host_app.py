@@ -3,7 +3,8 @@
 The host (``tests/hostapp/models.py``) has its ``users`` table and snapshot tables of its
 own built on ``WorkflowInterruptMixin``. Its Alembic environment, generated in a temporary
 folder, adds the library's ``versions_dir()`` to ``version_locations`` (with
-``path_separator = newline``) and runs ``upgrade heads`` on each real database.
+``path_separator = newline``) and runs ``upgrade heads`` on each real database; its own
+revisions carry the branch label ``app``, as the README shows.
 """
 
 from __future__ import annotations
@@ -76,7 +77,10 @@ options = context.get_x_argument(as_dictionary=True)
 url = options.get("url") or config.attributes["url"]
 target = options.get("target", "hook")
 
-hooks: dict[str, Any] = {"render_item": wfp_migrations.render_item}
+hooks: dict[str, Any] = {
+    "render_item": wfp_migrations.render_item,
+    "process_revision_directives": wfp_migrations.process_revision_directives,
+}
 target_metadata: Any = HostBase.metadata
 if target == "hook":  # the README's way: the library's tables are not the host's business
     hooks["include_name"] = wfp_migrations.include_name
@@ -128,6 +132,8 @@ def host_ini(root: Path, *, version_locations: bool = True) -> Path:
         "script_location = %(here)s/migrations",
         f"prepend_sys_path = {REPO_ROOT}",
         "path_separator = newline",
+        # env.py runs for every `alembic revision`, so its hooks apply without --autogenerate.
+        "revision_environment = true",
     ]
     if version_locations:
         lines += [
@@ -150,6 +156,15 @@ def make_host_project(root: Path, *, version_locations: bool = True) -> Path:
 
 def our_revision_files() -> list[str]:
     return sorted(p for p in os.listdir(migrations.versions_dir()) if p.endswith(".py"))
+
+
+@pytest.fixture
+def our_folder_untouched() -> Iterator[list[str]]:
+    """The library's revision files; any a test wrongly writes there are removed after it."""
+    before = our_revision_files()
+    yield before
+    for stray in set(our_revision_files()) - set(before):
+        (Path(migrations.versions_dir()) / stray).unlink()
 
 
 def function_source(path: Path, name: str) -> str:
@@ -203,8 +218,8 @@ def host(
     """A host app's Alembic project, driven through the real command line:
 
     ``upgrade heads`` (only the library's branch exists yet), then the host's first
-    revision with ``--autogenerate --head=base --version-path=<its folder>``, then
-    ``upgrade heads`` again.
+    revision with ``--autogenerate --head=base --branch-label=app
+    --version-path=<its folder>``, then ``upgrade heads`` again.
     """
     kind = str(request.param)
     url = new_database_url(kind)
@@ -222,7 +237,7 @@ def host(
     ours_before = our_revision_files()
     cli(
         "revision", "--autogenerate", "-m", "create users",
-        "--head=base", f"--version-path={host_versions}",
+        "--head=base", f"--branch-label={HOST_BRANCH}", f"--version-path={host_versions}",
     )
     ours_after = our_revision_files()
     made = sorted(host_versions.glob("*.py"))
@@ -275,8 +290,12 @@ def test_the_host_first_revision_lands_in_the_host_folder(host: HostProject) -> 
     assert sorted(script.get_bases()) == sorted(script.get_heads())  # two independent roots
     assert len(script.get_heads()) == 2
     assert REVISION in script.get_heads()
+    host_head = script.get_revision(f"{HOST_BRANCH}@head")
+    assert host_head is not None
+    assert Path(host_head.path) == host.revision_file
     text = host.revision_file.read_text(encoding="utf-8")
     assert "down_revision = None" in text
+    assert f"branch_labels = ('{HOST_BRANCH}',)" in text
     upgrade = function_source(host.revision_file, "upgrade")
     assert "op.create_table('users'" in upgrade
     assert "op.create_table('host_interrupts'" in upgrade
@@ -449,6 +468,68 @@ def test_compare_metadata_after_the_library_made_its_tables(library_first: Libra
         dropped = {d[1].name for d in bare if d[0] == "remove_table"}
         assert dropped == {TABLE, migrations.VERSION_TABLE}
     assert version_rows(library_first.url) == [REVISION]  # the library's own record stays
+
+
+# -- where the host's next revisions go ------------------------------------------------------
+
+
+def host_cli(url: URL, root: Path, ini: Path) -> Callable[..., Any]:
+    def cli(*args: str) -> Any:
+        return alembic("-x", f"url={url_text(url)}", *args, cwd=root, config=ini)
+
+    return cli
+
+
+def test_the_branch_label_keeps_every_host_revision_in_its_folder(
+    new_database_url: Callable[[str], URL], tmp_path: Path, our_folder_untouched: list[str]
+) -> None:
+    """The README's steps: the first revision starts the ``app`` branch in the host's
+    folder, later ones go on ``app@head``; even a plain ``alembic revision`` then does."""
+    url = new_database_url("sqlite")
+    ini = make_host_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    cli = host_cli(url, tmp_path, ini)
+    cli("upgrade", "heads")
+    cli(
+        "revision", "--autogenerate", "-m", "create users",
+        "--head=base", f"--branch-label={HOST_BRANCH}", f"--version-path={versions}",
+    )
+    cli("upgrade", "heads")
+    cli("revision", "--autogenerate", "-m", "second", f"--head={HOST_BRANCH}@head")
+    cli("upgrade", "heads")
+    cli("revision", "--autogenerate", "-m", "third")  # no --head: not "Multiple heads"
+    cli("revision", "-m", "fourth")  # nor without --autogenerate
+    cli("upgrade", "heads")
+
+    script = ScriptDirectory.from_config(Config(str(ini)))
+    chain = list(script.iterate_revisions(f"{HOST_BRANCH}@head", "base"))
+    assert [r.doc for r in chain] == ["fourth", "third", "second", "create users"]
+    assert {Path(r.path).parent for r in chain} == {versions}
+    assert sorted(script.get_heads()) == sorted([REVISION, chain[0].revision])
+    assert our_revision_files() == our_folder_untouched
+    current = cli("current").stdout.splitlines()
+    assert sorted(current) == sorted([f"{REVISION} (head)", f"{chain[0].revision} (head)"])
+
+
+def test_a_plain_first_revision_starts_the_host_branch_in_its_folder(
+    new_database_url: Callable[[str], URL], tmp_path: Path, our_folder_untouched: list[str]
+) -> None:
+    """Without --head and --version-path, Alembic would build on ``wfp_0001`` and write
+    next to it, into the library's folder; the hook starts a branch of the host's own."""
+    url = new_database_url("sqlite")
+    ini = make_host_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    cli = host_cli(url, tmp_path, ini)
+    cli("upgrade", "heads")
+    cli("revision", "--autogenerate", "-m", "create users")
+    assert our_revision_files() == our_folder_untouched
+    (made,) = versions.glob("*.py")
+    assert "down_revision = None" in made.read_text(encoding="utf-8")
+    cli("upgrade", "heads")
+    assert table_names(url) == {*HOST_TABLES, TABLE, HOST_VERSION_TABLE}
+    script = ScriptDirectory.from_config(Config(str(ini)))
+    assert len(script.get_heads()) == 2
+    assert set(script.get_bases()) == set(script.get_heads())
 
 
 # -- version_locations set in code --------------------------------------------------------
