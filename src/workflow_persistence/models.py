@@ -71,8 +71,8 @@ def _add_updated_at_index(mapper: Mapper[Any], _class: type[Any]) -> None:
     """Index ``updated_at`` on every table mapped on the mixin.
 
     The index cannot live in the mixin's ``__table_args__``: a host's own
-    ``__table_args__`` (``{"schema": "app"}``) replaces them, and the index was lost.
-    The table exists once the mapper does, so the index is attached here instead.
+    ``__table_args__`` (``{"schema": "app"}``) replaces them, index and all. The table
+    exists once the mapper does, so the index is attached to it here instead.
     """
     table = mapper.local_table
     if not isinstance(table, Table) or "updated_at" not in table.c:
