@@ -279,6 +279,12 @@ class _ObservedCursor:
         return self._result.fetchall()  # type: ignore[no-any-return]
 
     @property
+    def driver_cursor(self) -> Any:
+        """The DBAPI cursor of the last result, to step over a row the driver cannot
+        convert (SQLAlchemy closes it when a fetch through the result fails)."""
+        return self._result.cursor
+
+    @property
     def rowcount(self) -> int:
         return int(self._result.rowcount)
 
