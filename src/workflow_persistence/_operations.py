@@ -193,8 +193,7 @@ def save(
             raise
         raise damaged_record(
             workflow_id,
-            f"its version column holds a value that cannot be counted on ({first_line(exc)});"
-            " nothing was written",
+            f"its version cannot be incremented ({first_line(exc)}); nothing was written",
         ) from exc
 
 
