@@ -213,8 +213,8 @@ def _write(
         if type(version) is not int or not 1 <= version <= MAX_VERSION:
             raise damaged_record(
                 workflow_id,
-                f"its version column was damaged: the snapshot was written, but its version"
-                f" came back as {_shown(version)}",
+                f"the snapshot was written, but its version column came back as"
+                f" {_shown(version)}, not an integer >= 1",
             )
         return version
     if expected_version == 0:
