@@ -206,6 +206,27 @@ def test_writing_deleting_and_pruning_a_damaged_record_work(
     assert damaged.list() == []
 
 
+@pytest.mark.parametrize("db_kind", ["postgresql", "mariadb"])
+def test_a_version_at_the_columns_maximum_is_left_as_it_is(
+    store: DatabasePersistence, engine: Engine
+) -> None:
+    """The database refuses to count past its INTEGER: the save says why, writes nothing."""
+    flows.approval_workflow(store).start({"amount": 30}, workflow_id="bad")
+    top = 2**31 - 1
+    damage_record(engine, Damage("version", str(top)))
+    before = store.load("bad")
+    assert before.version == top
+    for expected in (None, top):
+        with pytest.raises(CorruptSnapshotError, match="version cannot be incremented"):
+            store.save(WorkflowSnapshot("bad", state={"new": 1}), expected_version=expected)
+    with pytest.raises(CorruptSnapshotError, match="version cannot be incremented"):
+        flows.approval_workflow(store).resume("bad", "yes")
+    after = store.load("bad")
+    assert (after.version, after.state, after.updated_at) == (
+        top, before.state, before.updated_at
+    )
+
+
 @pytest.fixture
 def observed(request: pytest.FixtureRequest, engine: Engine) -> Iterator[bool]:
     """Whether a cursor listener watches the engine (the repository then runs its
