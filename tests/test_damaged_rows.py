@@ -375,6 +375,8 @@ _LOAD_UNDER_LIMIT = textwrap.dedent(
 
 
 def test_an_integer_data_column_allocates_nothing(tmp_path: Path) -> None:
+    """``bytes(1500000000)`` is 1.5 GB of zeros: calloc'd pages barely show in the RSS,
+    so the child's 1 GiB address-space limit is what catches the allocation."""
     path = tmp_path / "damaged.db"
     with DatabasePersistence(f"sqlite:///{path}") as store:
         store.save(WorkflowSnapshot("bad"))
