@@ -369,7 +369,11 @@ _LOAD_UNDER_LIMIT = textwrap.dedent(
         outcome = "CorruptSnapshotError"
     except BaseException as exc:
         outcome = type(exc).__name__
-    print(outcome, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    # The peak RSS of this process image: ru_maxrss would carry over the parent's peak,
+    # which Linux keeps across the exec that started this child.
+    with open("/proc/self/status") as status:
+        [peak_kib] = [line.split()[1] for line in status if line.startswith("VmHWM:")]
+    print(outcome, int(peak_kib) // 1024)
     """
 )
 
