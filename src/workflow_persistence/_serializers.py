@@ -6,15 +6,16 @@ import hashlib
 import hmac
 import pickle
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any, Protocol, cast, runtime_checkable
 
 from . import _framing
-from ._codec import UnknownClassPolicy, ValueCodec
+from ._codec import UnknownClassPolicy, UnresolvedObject, ValueCodec, exception_text, key_text
 from ._events import Event, StartEvent, StopEvent
 from ._ids import check_workflow_id
 from ._snapshot import SNAPSHOT_STATUSES, Decision, ErrorInfo, SnapshotStatus, WorkflowSnapshot
-from .errors import CorruptSnapshotError, SerializationError
+from .errors import CorruptSnapshotError, PersistenceError, SerializationError
 
 __all__ = ["JsonSerializer", "PickleSerializer", "Serializer"]
 
@@ -195,6 +196,10 @@ class PickleSerializer:
             raise CorruptSnapshotError(f"signed record could not be unpickled: {exc}") from exc
         if not isinstance(snapshot, WorkflowSnapshot):
             raise CorruptSnapshotError("signed record does not hold a WorkflowSnapshot")
+        try:
+            _envelope(snapshot)  # what dumps checked, so a snapshot loads only as it saved
+        except PersistenceError as exc:
+            raise CorruptSnapshotError(f"signed record holds a damaged snapshot: {exc}") from exc
         return snapshot
 
 
@@ -253,11 +258,11 @@ def _envelope(s: WorkflowSnapshot) -> list[Any]:
         error_row = None if error is None else [
             error.node, error.type, error.message, error.traceback, error.at
         ]
-    except AttributeError as exc:
+    except (AttributeError, TypeError) as exc:
         raise SerializationError(
-            f"history entries must be Decision and error an ErrorInfo: {exc}"
+            f"history must be a list of Decision and error an ErrorInfo: {exc}"
         ) from exc
-    return [
+    row = [
         _ENVELOPE_VERSION,
         workflow_id,
         status,
@@ -274,6 +279,102 @@ def _envelope(s: WorkflowSnapshot) -> list[Any]:
         s.updated_at,
         s.version,
     ]
+    misfit = _misfit(row)
+    if misfit is not None:
+        path, expected, value = misfit
+        raise SerializationError(
+            f"{path} must be {expected}, not {type(value).__name__}", path=path
+        )
+    return row
+
+
+_EVENT_TYPES = (Event, UnresolvedObject)  # a stand-in: an event class the reader lacks
+_STR_ONLY = frozenset({str})
+_INT_ONLY = frozenset({int})
+_AWARE = "a timezone-aware datetime"
+_ERROR_TEXTS = ("node", "type", "message", "traceback")
+
+
+def _aware(value: Any) -> bool:
+    return type(value) is datetime and value.tzinfo is not None
+
+
+def _misfit(row: list[Any]) -> tuple[str, str, Any] | None:
+    """The first envelope field of a type the runtime cannot use: path, expected, value.
+
+    Checked when saving and when loading alike: whatever saves, loads, and a damaged
+    record with a good checksum is refused at load, not half-way through a resume.
+    """
+    if _fits(row):  # one expression: the usual answer costs a few hundred nanoseconds
+        return None
+    current_node, event, nodes = row[4], row[5], row[6]
+    if current_node is not None and type(current_node) is not str:
+        return "current_node", "a str or None", current_node
+    if event is not None and not isinstance(event, _EVENT_TYPES):
+        return "event", "an Event or None", event
+    if type(nodes) is not list:
+        return "completed_nodes", "a list of str", nodes
+    for i, node in enumerate(nodes):
+        if type(node) is not str:
+            return f"completed_nodes[{i}]", "a str", node
+    for i, entry in enumerate(row[8]):
+        misfit = _decision_misfit(entry)
+        if misfit is not None:
+            return f"history[{i}].{misfit[0]}", misfit[1], misfit[2]
+    attempts = row[9]
+    if type(attempts) is not dict:
+        return "attempts", "a dict of str to int", attempts
+    for key, count in attempts.items():
+        if type(key) is not str:
+            return f"attempts[{key_text(key)}] (key)", "a str", key
+        if type(count) is not int:
+            return f"attempts[{key_text(key)}]", "an int", count
+    error = row[10]
+    if error is not None:
+        for name, value in zip(_ERROR_TEXTS, error, strict=False):
+            if type(value) is not str:
+                return f"error.{name}", "a str", value
+        if not _aware(error[4]):
+            return "error.at", _AWARE, error[4]
+    for index, name in ((12, "created_at"), (13, "updated_at")):
+        if not _aware(row[index]):
+            return name, _AWARE, row[index]
+    return "version", "an int", row[14]
+
+
+def _fits(row: list[Any]) -> bool:
+    current_node, event, nodes, attempts, error = row[4], row[5], row[6], row[9], row[10]
+    created, updated = row[12], row[13]
+    return (
+        (current_node is None or type(current_node) is str)
+        and (event is None or isinstance(event, _EVENT_TYPES))
+        and type(nodes) is list
+        and _STR_ONLY.issuperset(map(type, nodes))
+        and (not row[8] or all(_decision_misfit(entry) is None for entry in row[8]))
+        and type(attempts) is dict
+        and _STR_ONLY.issuperset(map(type, attempts))
+        and _INT_ONLY.issuperset(map(type, attempts.values()))
+        and (error is None or (
+            type(error[0]) is str and type(error[1]) is str and type(error[2]) is str
+            and type(error[3]) is str and type(error[4]) is datetime
+            and error[4].tzinfo is not None
+        ))
+        and type(created) is datetime and created.tzinfo is not None
+        and type(updated) is datetime and updated.tzinfo is not None
+        and type(row[14]) is int
+    )
+
+
+def _decision_misfit(entry: list[Any]) -> tuple[str, str, Any] | None:
+    if type(entry[0]) is not str:
+        return "node", "a str", entry[0]
+    if not _aware(entry[3]):
+        return "asked_at", _AWARE, entry[3]
+    if entry[4] is not None and not _aware(entry[4]):
+        return "answered_at", f"None or {_AWARE}", entry[4]
+    if len(entry) > 5 and type(entry[5]) is not int:
+        return "step", "an int", entry[5]
+    return None
 
 
 def _envelope_parts(s: WorkflowSnapshot, row: list[Any]) -> Iterator[tuple[str, Any]]:
@@ -328,6 +429,12 @@ def _from_row(row: Any) -> WorkflowSnapshot:
         or not (error is None or (type(error) is list and len(error) == 5))
     ):
         raise CorruptSnapshotError("damaged record: wrong field types")
+    misfit = _misfit(row)
+    if misfit is not None:
+        path, expected, value = misfit
+        raise CorruptSnapshotError(
+            f"damaged record: {path} is a {type(value).__name__}, not {expected}"
+        )
     return WorkflowSnapshot(  # positional: the envelope keeps the dataclass's field order
         workflow_id,
         cast(SnapshotStatus, status),
@@ -347,6 +454,18 @@ def _from_row(row: Any) -> WorkflowSnapshot:
 
 
 def _explain_pickle(snapshot: WorkflowSnapshot, exc: BaseException, protocol: int) -> Exception:
+    """Name the part of the snapshot pickle refused; never raises anything else."""
+    reason = exception_text(exc)
+    try:
+        where = _unpicklable_path(snapshot, protocol)
+    except Exception:  # the snapshot's own code failed again while being looked at
+        where = None
+    if where is None:
+        return SerializationError(f"cannot pickle the snapshot: {reason}")
+    return SerializationError(f"cannot pickle {where}: {reason}", path=where)
+
+
+def _unpicklable_path(snapshot: WorkflowSnapshot, protocol: int) -> str | None:
     def picklable(value: Any) -> bool:
         try:
             pickle.dumps(value, protocol=protocol)
@@ -355,12 +474,37 @@ def _explain_pickle(snapshot: WorkflowSnapshot, exc: BaseException, protocol: in
         return True
 
     for path, value in _envelope_parts(snapshot, _envelope(snapshot)):
-        if picklable(value):
-            continue
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if not picklable(item):
-                    path = f"{path}[{key!r}]"
-                    break
-        return SerializationError(f"cannot pickle {path}: {exc}", path=path)
-    return SerializationError(f"cannot pickle the snapshot: {exc}")
+        if not picklable(value):
+            return _innermost_unpicklable(value, path, picklable, set())
+    return None
+
+
+def _innermost_unpicklable(
+    value: Any, path: str, picklable: Callable[[Any], bool], active: set[int]
+) -> str:
+    """The path of the innermost part of ``value`` (which pickle refuses) it refuses."""
+    kind = type(value)
+    children: Iterable[tuple[str, Any]]
+    if kind is dict:
+        children = _keyed_children(value, path)
+    elif kind is list or kind is tuple or kind is set or kind is frozenset:
+        children = ((f"{path}[{i}]", item) for i, item in enumerate(value))
+    else:
+        return path
+    active.add(id(value))
+    try:
+        for child_path, child in children:
+            if id(child) not in active and not picklable(child):
+                return _innermost_unpicklable(child, child_path, picklable, active)
+    except RecursionError:
+        pass
+    finally:
+        active.discard(id(value))
+    return path
+
+
+def _keyed_children(value: dict[Any, Any], path: str) -> Iterator[tuple[str, Any]]:
+    for key, item in value.items():
+        shown = key_text(key)
+        yield f"{path}[{shown}] (key)", key
+        yield f"{path}[{shown}]", item
