@@ -202,7 +202,7 @@ class ValueCodec:
         for cls in classes:
             _check_rebuildable(cls)
             if _kind_of(cls) == KIND_ENUM:
-                _check_enum_members(cls, self._pack_nested)
+                _members_by_bytes(cls, self._pack_nested)
         for cls in classes:
             path = class_path(cls)
             self._classes[path] = cls
@@ -211,7 +211,9 @@ class ValueCodec:
 
     def is_registered(self, cls: type) -> bool:
         """Whether instances of ``cls`` are stored and rebuilt (registered, or native)."""
-        return cls in _REBUILT_NATIVELY or self._classes.get(class_path(cls)) is cls
+        if cls in _REBUILT_NATIVELY or cls is UnresolvedObject:
+            return True
+        return self._classes.get(class_path(cls)) is cls
 
     # -- encoding -------------------------------------------------------------------------
 
@@ -501,7 +503,7 @@ def _check_rebuildable(cls: type) -> None:
     ``__setstate__`` says itself what its state is, so only the last two count for it.
     """
     kind = _kind_of(cls)
-    if kind == KIND_ENUM or kind == KIND_PYDANTIC:
+    if kind in (KIND_ENUM, KIND_PYDANTIC):
         return
     problem = _rebuild_problem(cls, kind)
     if problem is not None:
@@ -526,16 +528,18 @@ def _rebuild_problem(cls: type, kind: str) -> str | None:
         reducer = _defines(cls, "__reduce_ex__", "__reduce__")
         if reducer is not None or cls in copyreg.dispatch_table:
             name = "copyreg" if reducer is None else f"{reducer.__qualname__}.__reduce__"
-            return f"its pickling relies on {name}, which rebuilding never runs; {advice}"
+            return f"its pickling relies on {name}, which this serializer does not use; {advice}"
     holder = _c_data_holder(cls)
     if holder is not None and not own_state:
+        where = "it keeps" if holder is cls else f"it extends {holder.__qualname__}, which keeps"
         return (
-            f"it extends {holder.__qualname__}, whose contents live outside __dict__, where"
-            f" __getstate__ does not see them; {advice}"
+            f"{where} its contents outside __dict__, where __getstate__ does not see them;"
+            f" {advice}"
         )
-    if cls.__new__ is not object.__new__:
+    new = cast(Any, cls).__new__
+    if new is not object.__new__:
         try:
-            cls.__new__(cls)
+            new(cls)
         except Exception as exc:
             return (
                 f"rebuilding starts with {cls.__qualname__}.__new__({cls.__qualname__}),"
@@ -589,21 +593,33 @@ def _slot_count(cls: type) -> int:
     return count
 
 
-def _check_enum_members(cls: type, pack: Callable[[Any], bytes]) -> None:
-    """Refuse an enum two of whose members would be stored alike (two NaN values)."""
-    seen: dict[bytes, Any] = {}
+def _members_by_bytes(cls: type, pack: Callable[[Any], bytes]) -> dict[bytes, Any]:
+    """An enum's members by the bytes their values are stored as.
+
+    Refuses an enum two of whose members would be stored alike (two NaN values), which
+    loading could not tell apart. A value that cannot be stored (yet) is left out:
+    saving that member names it by its path.
+    """
+    members: dict[bytes, Any] = {}
     for member in _enum_members(cls):
-        try:
-            packed = pack(member.value)
-        except Exception:  # a value not storable (yet): saving it will say so by its path
+        packed = _packed(pack, member.value)
+        if packed is None:
             continue
-        other = seen.setdefault(packed, member)
+        other = members.setdefault(packed, member)
         if other is not member:
             raise SerializationError(
                 f"cannot register {class_path(cls)}: its members {other.name} and"
                 f" {member.name} have values that are stored alike ({member.value!r}), so"
                 " loading could not tell them apart; give them distinct values"
             )
+    return members
+
+
+def _packed(pack: Callable[[Any], bytes], value: Any) -> bytes | None:
+    try:
+        return pack(value)
+    except Exception:
+        return None
 
 
 def _enum_members(cls: type) -> list[Any]:
@@ -766,17 +782,14 @@ def _enum_rebuilder(cls: type, pack: Callable[[Any], bytes]) -> Callable[[Any], 
         except ValueError:
             pass
         if not by_bytes:
-            for member in _enum_members(cls):
-                try:
-                    by_bytes[pack(member.value)] = member
-                except Exception:
-                    continue
-        try:
-            return by_bytes[pack(value)]
-        except Exception:
+            by_bytes.update(_members_by_bytes(cls, pack))
+        packed = _packed(pack, value)
+        member = None if packed is None else by_bytes.get(packed)
+        if member is None:
             raise CorruptSnapshotError(
                 f"stored data holds a value that no member of {class_path(cls)} has"
-            ) from None
+            )
+        return member
 
     return rebuild
 

@@ -279,9 +279,8 @@ def _envelope(s: WorkflowSnapshot) -> list[Any]:
         s.updated_at,
         s.version,
     ]
-    misfit = _misfit(row)
-    if misfit is not None:
-        path, expected, value = misfit
+    if not _fits(row):
+        path, expected, value = _misfit(row)
         raise SerializationError(
             f"{path} must be {expected}, not {type(value).__name__}", path=path
         )
@@ -289,25 +288,50 @@ def _envelope(s: WorkflowSnapshot) -> list[Any]:
 
 
 _EVENT_TYPES = (Event, UnresolvedObject)  # a stand-in: an event class the reader lacks
-_STR_ONLY = frozenset({str})
-_INT_ONLY = frozenset({int})
 _AWARE = "a timezone-aware datetime"
 _ERROR_TEXTS = ("node", "type", "message", "traceback")
 
 
-def _aware(value: Any) -> bool:
-    return type(value) is datetime and value.tzinfo is not None
-
-
-def _misfit(row: list[Any]) -> tuple[str, str, Any] | None:
-    """The first envelope field of a type the runtime cannot use: path, expected, value.
+def _fits(row: list[Any]) -> bool:
+    """Whether the envelope's fields have the types the runtime relies on.
 
     Checked when saving and when loading alike: whatever saves, loads, and a damaged
-    record with a good checksum is refused at load, not half-way through a resume.
+    record with a good checksum is refused at load, not half-way through a resume. It
+    runs on every save and load, hence one pass of plain loops; :func:`_misfit` makes the
+    same checks again to say what failed.
     """
-    if _fits(row):  # one expression: the usual answer costs a few hundred nanoseconds
-        return None
-    current_node, event, nodes = row[4], row[5], row[6]
+    current_node, event, nodes, attempts, error = row[4], row[5], row[6], row[9], row[10]
+    created_at, updated_at = row[12], row[13]
+    if not (
+        (current_node is None or type(current_node) is str)
+        and (event is None or isinstance(event, _EVENT_TYPES))
+        and type(nodes) is list
+        and type(attempts) is dict
+        and type(created_at) is datetime and created_at.tzinfo is not None
+        and type(updated_at) is datetime and updated_at.tzinfo is not None
+        and type(row[14]) is int
+    ):
+        return False
+    for node in nodes:
+        if type(node) is not str:
+            return False
+    for key, count in attempts.items():
+        if type(key) is not str or type(count) is not int:
+            return False
+    for entry in row[8]:
+        if not (
+            type(entry) is list and 5 <= len(entry) <= 6 and type(entry[0]) is str
+            and type(entry[3]) is datetime and entry[3].tzinfo is not None
+            and (entry[4] is None or (type(entry[4]) is datetime and entry[4].tzinfo is not None))
+            and (len(entry) == 5 or type(entry[5]) is int)
+        ):
+            return False
+    return error is None or _error_misfit(error) is None
+
+
+def _misfit(row: list[Any]) -> tuple[str, str, Any]:
+    """The first field :func:`_fits` refuses: its path, what it must be, and its value."""
+    current_node, event, nodes, attempts, error = row[4], row[5], row[6], row[9], row[10]
     if current_node is not None and type(current_node) is not str:
         return "current_node", "a str or None", current_node
     if event is not None and not isinstance(event, _EVENT_TYPES):
@@ -320,8 +344,7 @@ def _misfit(row: list[Any]) -> tuple[str, str, Any] | None:
     for i, entry in enumerate(row[8]):
         misfit = _decision_misfit(entry)
         if misfit is not None:
-            return f"history[{i}].{misfit[0]}", misfit[1], misfit[2]
-    attempts = row[9]
+            return f"history[{i}]{misfit[0]}", misfit[1], misfit[2]
     if type(attempts) is not dict:
         return "attempts", "a dict of str to int", attempts
     for key, count in attempts.items():
@@ -329,51 +352,40 @@ def _misfit(row: list[Any]) -> tuple[str, str, Any] | None:
             return f"attempts[{key_text(key)}] (key)", "a str", key
         if type(count) is not int:
             return f"attempts[{key_text(key)}]", "an int", count
-    error = row[10]
-    if error is not None:
-        for name, value in zip(_ERROR_TEXTS, error, strict=False):
-            if type(value) is not str:
-                return f"error.{name}", "a str", value
-        if not _aware(error[4]):
-            return "error.at", _AWARE, error[4]
-    for index, name in ((12, "created_at"), (13, "updated_at")):
-        if not _aware(row[index]):
-            return name, _AWARE, row[index]
+    misfit = None if error is None else _error_misfit(error)
+    if misfit is not None:
+        return f"error{misfit[0]}", misfit[1], misfit[2]
+    for name, value in (("created_at", row[12]), ("updated_at", row[13])):
+        if type(value) is not datetime or value.tzinfo is None:
+            return name, _AWARE, value
     return "version", "an int", row[14]
 
 
-def _fits(row: list[Any]) -> bool:
-    current_node, event, nodes, attempts, error = row[4], row[5], row[6], row[9], row[10]
-    created, updated = row[12], row[13]
-    return (
-        (current_node is None or type(current_node) is str)
-        and (event is None or isinstance(event, _EVENT_TYPES))
-        and type(nodes) is list
-        and _STR_ONLY.issuperset(map(type, nodes))
-        and (not row[8] or all(_decision_misfit(entry) is None for entry in row[8]))
-        and type(attempts) is dict
-        and _STR_ONLY.issuperset(map(type, attempts))
-        and _INT_ONLY.issuperset(map(type, attempts.values()))
-        and (error is None or (
-            type(error[0]) is str and type(error[1]) is str and type(error[2]) is str
-            and type(error[3]) is str and type(error[4]) is datetime
-            and error[4].tzinfo is not None
-        ))
-        and type(created) is datetime and created.tzinfo is not None
-        and type(updated) is datetime and updated.tzinfo is not None
-        and type(row[14]) is int
-    )
+def _decision_misfit(entry: Any) -> tuple[str, str, Any] | None:
+    if type(entry) is not list or not 5 <= len(entry) <= 6:
+        return "", "a Decision", entry
+    node, asked_at, answered_at = entry[0], entry[3], entry[4]
+    if type(node) is not str:
+        return ".node", "a str", node
+    if type(asked_at) is not datetime or asked_at.tzinfo is None:
+        return ".asked_at", _AWARE, asked_at
+    if answered_at is not None and (
+        type(answered_at) is not datetime or answered_at.tzinfo is None
+    ):
+        return ".answered_at", f"None or {_AWARE}", answered_at
+    if len(entry) == 6 and type(entry[5]) is not int:
+        return ".step", "an int", entry[5]
+    return None
 
 
-def _decision_misfit(entry: list[Any]) -> tuple[str, str, Any] | None:
-    if type(entry[0]) is not str:
-        return "node", "a str", entry[0]
-    if not _aware(entry[3]):
-        return "asked_at", _AWARE, entry[3]
-    if entry[4] is not None and not _aware(entry[4]):
-        return "answered_at", f"None or {_AWARE}", entry[4]
-    if len(entry) > 5 and type(entry[5]) is not int:
-        return "step", "an int", entry[5]
+def _error_misfit(error: Any) -> tuple[str, str, Any] | None:
+    if type(error) is not list or len(error) != 5:
+        return "", "an ErrorInfo", error
+    for name, value in zip(_ERROR_TEXTS, error, strict=False):
+        if type(value) is not str:
+            return f".{name}", "a str", value
+    if type(error[4]) is not datetime or error[4].tzinfo is None:
+        return ".at", _AWARE, error[4]
     return None
 
 
@@ -425,13 +437,10 @@ def _from_row(row: Any) -> WorkflowSnapshot:
         or type(state) is not dict
         or type(metadata) is not dict
         or type(history) is not list
-        or not all(type(entry) is list and len(entry) in (5, 6) for entry in history)
-        or not (error is None or (type(error) is list and len(error) == 5))
     ):
         raise CorruptSnapshotError("damaged record: wrong field types")
-    misfit = _misfit(row)
-    if misfit is not None:
-        path, expected, value = misfit
+    if not _fits(row):
+        path, expected, value = _misfit(row)
         raise CorruptSnapshotError(
             f"damaged record: {path} is a {type(value).__name__}, not {expected}"
         )
