@@ -639,6 +639,11 @@ def _unpicklable() -> Callable[[], int]:
     return lambda: 1
 
 
+class Holder:
+    def __init__(self, payload: Any) -> None:
+        self.payload = payload
+
+
 @pytest.mark.parametrize(
     ("state", "path"),
     [
@@ -646,8 +651,9 @@ def _unpicklable() -> Callable[[], int]:
         ({"d": {BadRepr(): _unpicklable()}}, "state['d'][<BadRepr whose repr() failed>]"),
         ({"d": {"x": [1, (2, _unpicklable())]}}, "state['d']['x'][1][1]"),
         ({"b": [BrokenState()]}, "state['b'][0]"),
+        ({"h": [Holder({"cb": _unpicklable()})]}, "state['h'][0].payload['cb']"),
     ],
-    ids=["huge-int-key", "key-repr-raises", "deep", "exception-str-raises"],
+    ids=["huge-int-key", "key-repr-raises", "deep", "exception-str-raises", "attribute"],
 )
 def test_the_pickle_explainer_names_a_path_it_can_render(
     state: dict[str, Any], path: str

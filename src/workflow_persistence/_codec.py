@@ -418,7 +418,7 @@ class ValueCodec:
             return None
         children: Iterator[tuple[str, Any]]
         if kind is dict:
-            children = _dict_children(value, path)
+            children = dict_children(value, path)
         elif kind is list or kind is tuple or kind is set or kind is frozenset or kind is deque:
             children = ((f"{path}[{i}]", v) for i, v in enumerate(value))
         elif kind in self._encoders:
@@ -644,7 +644,8 @@ def _array_bytes(values: array.array[Any]) -> bytes:
     return swapped.tobytes()
 
 
-def _dict_children(value: dict[Any, Any], path: str) -> Iterator[tuple[str, Any]]:
+def dict_children(value: dict[Any, Any], path: str) -> Iterator[tuple[str, Any]]:
+    """A dict's keys and values with their paths, for the error explainers."""
     for key, item in value.items():
         shown = key_text(key)
         yield f"{path}[{shown}] (key)", key

@@ -11,7 +11,14 @@ from datetime import datetime
 from typing import Any, Protocol, cast, runtime_checkable
 
 from . import _framing
-from ._codec import UnknownClassPolicy, UnresolvedObject, ValueCodec, exception_text, key_text
+from ._codec import (
+    UnknownClassPolicy,
+    UnresolvedObject,
+    ValueCodec,
+    dict_children,
+    exception_text,
+    key_text,
+)
 from ._events import Event, StartEvent, StopEvent
 from ._ids import check_workflow_id
 from ._snapshot import SNAPSHOT_STATUSES, Decision, ErrorInfo, SnapshotStatus, WorkflowSnapshot
@@ -491,13 +498,15 @@ def _unpicklable_path(snapshot: WorkflowSnapshot, protocol: int) -> str | None:
 def _innermost_unpicklable(
     value: Any, path: str, picklable: Callable[[Any], bool], active: set[int]
 ) -> str:
-    """The path of the innermost part of ``value`` (which pickle refuses) it refuses."""
+    """The path of the innermost part of ``value`` that pickle refuses (``value`` is one)."""
     kind = type(value)
     children: Iterable[tuple[str, Any]]
     if kind is dict:
-        children = _keyed_children(value, path)
+        children = dict_children(value, path)
     elif kind is list or kind is tuple or kind is set or kind is frozenset:
         children = ((f"{path}[{i}]", item) for i, item in enumerate(value))
+    elif isinstance(getattr(value, "__dict__", None), dict):  # an instance: its attributes
+        children = ((f"{path}.{name}", item) for name, item in vars(value).items())
     else:
         return path
     active.add(id(value))
@@ -510,10 +519,3 @@ def _innermost_unpicklable(
     finally:
         active.discard(id(value))
     return path
-
-
-def _keyed_children(value: dict[Any, Any], path: str) -> Iterator[tuple[str, Any]]:
-    for key, item in value.items():
-        shown = key_text(key)
-        yield f"{path}[{shown}] (key)", key
-        yield f"{path}[{shown}]", item
