@@ -159,7 +159,9 @@ def check_limit(limit: object) -> int | None:
     return limit
 
 
-def check_names(value: object, name: str, allowed: Collection[str] | None = None) -> tuple[str, ...] | None:
+def check_names(
+    value: object, name: str, allowed: Collection[str] | None = None
+) -> tuple[str, ...] | None:
     """A str or a collection of str, as a tuple; None stays None (no filter)."""
     if value is None:
         return None
@@ -261,11 +263,11 @@ class RecordPersistence(Persistence):
         """Store ``data`` and ``columns`` atomically; return ``(new version, updated_at)``.
 
         Raise ConflictError on a failed compare-and-set. An expired record counts as
-        absent: writing over it starts again at version 1 with a new ``created_at``. ``updated_at`` is taken when the
-        write happens: under the lock for the file and memory backends, so a later version
-        never carries an earlier time there; from the caller's clock just before the
-        statement for the database (concurrent writers on several machines may disagree by
-        their clocks' skew).
+        absent: writing over it starts again at version 1 with a new ``created_at``.
+        ``updated_at`` is taken when the write happens: under the lock for the file and
+        memory backends, so a later version never carries an earlier time there; from the
+        caller's clock just before the statement for the database (concurrent writers on
+        several machines may disagree by their clocks' skew).
         """
 
     @abstractmethod

@@ -9,11 +9,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, LargeBinary, String
+from sqlalchemy import JSON, DateTime, Dialect, LargeBinary, String
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-__all__ = ["BinaryData", "UTCDateTime", "WorkflowIdType"]
+__all__ = ["BinaryData", "JsonData", "UTCDateTime", "WorkflowIdType"]
+
+#: ``interrupt`` and ``run_metadata``: plain JSON for display and filtering; JSONB on
+#: PostgreSQL (containment filters, no duplicate keys), JSON elsewhere.
+JsonData: TypeEngine[Any] = JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 #: ``data``: LONGBLOB on MySQL/MariaDB (plain BLOB stops at 64 KiB), BYTEA, BLOB.
 BinaryData: TypeEngine[bytes] = (
