@@ -48,6 +48,11 @@ def store(persistence_factory: Callable[..., Persistence]) -> Persistence:
     return persistence_factory(JsonSerializer())
 
 
+def _pythonpath() -> str:
+    """The repository (for ``tests.flows``), then the caller's path: the code under test."""
+    return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code],
@@ -55,7 +60,7 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        env={**os.environ, "PYTHONPATH": _pythonpath(), **env},
         check=False,
     )
 
@@ -328,8 +333,8 @@ class LoadBarrier(Persistence):
     def list(self, **kwargs: Any) -> Any:
         return self.inner.list(**kwargs)
 
-    def prune(self, older_than: Any) -> int:
-        return self.inner.prune(older_than)
+    def prune(self, older_than: Any = None, *, status: Any = None) -> int:
+        return self.inner.prune(older_than, status=status)
 
 
 def race_two_resumes(store: Persistence, workflow_id: str) -> tuple[list[Any], int]:
@@ -429,7 +434,7 @@ def test_a_dead_claimant_can_be_taken_over(backend: str, shared_store: Persisten
          "from tests import flows\n"
          f"flows.hanging_workflow({make}).resume('w', 'from-the-dead')\n"],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "WFP_TEST_HANG": "1"},
+        env={**os.environ, "PYTHONPATH": _pythonpath(), "WFP_TEST_HANG": "1"},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
