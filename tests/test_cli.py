@@ -543,6 +543,91 @@ def test_prune_older_than(url: str) -> None:
     assert stored_ids(url) == ["new"]
 
 
+def stored_rows(url: str) -> list[str]:
+    """Every record in the table, expired ones included (which ``list`` never shows)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            ids = conn.execute(sa.select(WorkflowInterrupt.workflow_id)).scalars().all()
+    finally:
+        engine.dispose()
+    return sorted(ids)
+
+
+def retention_runs(url: str) -> None:
+    now = datetime.now(UTC)
+    save(
+        url,
+        WorkflowSnapshot("done-expired", status="completed", expires_at=now - timedelta(hours=1)),
+        WorkflowSnapshot("done-kept", status="completed", expires_at=now + timedelta(days=30)),
+        WorkflowSnapshot("failed-old", status="failed"),
+        WorkflowSnapshot("waiting-old"),
+        WorkflowSnapshot("failed-new", status="failed"),
+    )
+    age(url, "failed-old", timedelta(days=10))
+    age(url, "waiting-old", timedelta(days=10))
+
+
+def test_prune_removes_expired_records_and_old_ones_by_status(url: str) -> None:
+    retention_runs(url)
+    everything = ["done-expired", "done-kept", "failed-new", "failed-old", "waiting-old"]
+    assert stored_rows(url) == everything
+    assert "done-expired" not in stored_ids(url)  # gone for list before any prune
+
+    assert ok("prune", "--dry-run", "--url", url).strip() == (
+        "would prune 1 snapshot: 1 expired (nothing was deleted)"
+    )
+    assert ok(
+        "prune", "--older-than", "7d", "--status", "failed", "--dry-run", "--url", url
+    ).strip() == (
+        "would prune 2 snapshots: 1 not updated for 7d with status failed, 1 expired"
+        " (nothing was deleted)"
+    )
+    assert ok("prune", "--older-than", "7d", "--dry-run", "--url", url).strip() == (
+        "would prune 3 snapshots: 2 not updated for 7d, 1 expired (nothing was deleted)"
+    )
+    assert stored_rows(url) == everything  # a dry run deletes nothing
+
+    assert ok("prune", "--url", url).strip() == "pruned 1 snapshot (expired)"
+    assert stored_rows(url) == everything[1:]
+    assert ok(
+        "prune", "--older-than", "7d", "--status", "failed,completed", "--url", url
+    ).strip() == "pruned 1 snapshot not updated for 7d with status failed or completed, or expired"
+    assert stored_rows(url) == ["done-kept", "failed-new", "waiting-old"]
+    again = ok("prune", "--older-than", "7d", "--status", "failed", "--dry-run", "--url", url)
+    assert again.strip() == (
+        "would prune 0 snapshots: 0 not updated for 7d with status failed, 0 expired"
+        " (nothing was deleted)"
+    )
+
+
+def test_show_prints_workflow_name_result_and_expiry(url: str) -> None:
+    expires = datetime.now(UTC) + timedelta(days=30)
+    save(
+        url,
+        WorkflowSnapshot(
+            "done", status="completed", workflow_name="refunds",
+            result={"refunded": Decimal("30.00"), "by": "maria"}, expires_at=expires,
+        ),
+        WorkflowSnapshot("waiting", workflow_name="refunds", interrupt={"question": "Q?"}),
+    )
+    shown = json.loads(ok("show", "done", "--url", url))
+    assert shown["status"] == "completed" and shown["workflow_name"] == "refunds"
+    assert shown["result"] == {"refunded": "30.00", "by": "maria"}
+    assert abs(datetime.fromisoformat(shown["expires_at"]) - expires) < timedelta(seconds=1)
+    waiting = json.loads(ok("show", "waiting", "--url", url))
+    assert (waiting["result"], waiting["expires_at"]) == (None, None)
+
+
+def test_an_expired_record_is_gone_for_every_command(url: str) -> None:
+    retention_runs(url)
+    line = fails("show", "done-expired", "--url", url)
+    assert "'done-expired'" in line and "expired at" in line and "prune" in line
+    assert "'done-expired'" in fails("delete", "done-expired", "--url", url)
+    assert "done-expired" not in stored_ids(url)
+    assert "done-expired" in stored_rows(url)  # left for prune
+
+
 # -- errors -----------------------------------------------------------------------------------
 
 
