@@ -19,6 +19,10 @@ anything (a damaged record, a node the workflow no longer has, an answer that ca
 stored) is refused before the claim, and the stored run stays as it was. Only a process
 that dies, or storage that fails in the middle of a write, leaves a run "running": that is
 what ``take_over`` is for.
+
+A completed run's record is deleted with the claim's version, or, with
+``keep_completed``, replaced (at that version) by a "completed" snapshot that expires: a
+record of what was decided, never resumed again.
 """
 
 from __future__ import annotations
