@@ -194,11 +194,6 @@ def _jsonable_dict(value: dict[Any, Any]) -> dict[str, Any]:
     return view
 
 
-def _printable(workflow_id: str) -> str:
-    """An id as one line of a table: control characters escaped."""
-    return workflow_id if workflow_id.isprintable() else ascii(workflow_id)[1:-1]
-
-
 def _cmd_migrate(args: argparse.Namespace) -> None:
     url = migrations.resolve_url(args.url)
     try:
@@ -218,7 +213,7 @@ def _cmd_list(args: argparse.Namespace) -> None:
             limit=args.limit,
         )
     if args.json:
-        print(json.dumps([_info_view(i) for i in infos], indent=2, ensure_ascii=False))
+        print(json.dumps([_info_view(i) for i in infos], indent=2, ensure_ascii=False, default=str))
     elif infos:
         print("\n".join(_table(infos, shutil.get_terminal_size().columns)))
     else:
@@ -271,7 +266,7 @@ def question(interrupt: Any) -> str:
         interrupt = interrupt["question"]
         if isinstance(interrupt, str):
             return _one_line(interrupt)
-    return _one_line(json.dumps(interrupt, ensure_ascii=False, separators=(",", ":")))
+    return _one_line(json.dumps(interrupt, ensure_ascii=False, separators=(",", ":"), default=str))
 
 
 def _one_line(text: str) -> str:
