@@ -73,7 +73,9 @@ def test_save_and_load_are_one_round_trip_each(store: DatabasePersistence, db_ki
     assert round_trips(store, db_kind, lambda: store.exists("w")) == 1
     assert round_trips(store, db_kind, lambda: store.delete("gone")) == 1
     assert round_trips(store, db_kind, lambda: store.list(limit=10)) == 1
-    assert round_trips(store, db_kind, lambda: store.prune(timedelta(days=1))) == 1
+    # The expired records (by the expires_at index), then the old ones (by updated_at).
+    assert round_trips(store, db_kind, lambda: store.prune(timedelta(days=1))) == 2
+    assert round_trips(store, db_kind, lambda: store.prune()) == 1
 
 
 @pytest.mark.parametrize("form", ["url-string", "url-object", "engine", "sessionmaker"])
@@ -373,12 +375,12 @@ def test_prune_in_batches_is_exact_with_ties_across_batches(
     cutoff = datetime(2021, 1, 1, tzinfo=UTC)
     data = JsonSerializer().dumps(WorkflowSnapshot("x"))
     rows = [
-        {"workflow_id": f"old-{i}", "data": data, "version": 1,
+        {"workflow_id": f"old-{i}", "data": data, "version": 1, "status": "interrupted",
          "created_at": old_a if i < 1500 else old_b, "updated_at": old_a if i < 1500 else old_b}
         for i in range(2 * PRUNE_BATCH + 300)
     ]
     rows += [
-        {"workflow_id": f"new-{i}", "data": data, "version": 1,
+        {"workflow_id": f"new-{i}", "data": data, "version": 1, "status": "interrupted",
          "created_at": cutoff, "updated_at": cutoff}  # exactly at the cutoff: kept
         for i in range(50)
     ]
