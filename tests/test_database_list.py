@@ -90,9 +90,7 @@ def _populate(
         updated = rng.choice(STAMPS)
         created = updated - timedelta(days=1)
         expires = rng.choice([None, None, None, now - timedelta(hours=1), now + timedelta(days=1)])
-        changes.append(
-            {"wid": workflow_id, "u": updated, "c": created, "e": expires, "s": status}
-        )
+        changes.append({"wid": workflow_id, "u": updated, "c": created, "e": expires, "s": status})
         columns = columns_of(snapshot)
         infos.append(
             StoredSnapshotInfo(
@@ -128,9 +126,7 @@ def _query(rng: random.Random, infos: list[StoredSnapshotInfo]) -> dict[str, Any
     kwargs: dict[str, Any] = {}
     if rng.random() < 0.5:
         kwargs["status"] = (
-            rng.choice(STATUSES)
-            if rng.random() < 0.5
-            else rng.sample(STATUSES, rng.randint(0, 3))
+            rng.choice(STATUSES) if rng.random() < 0.5 else rng.sample(STATUSES, rng.randint(0, 3))
         )
     if rng.random() < 0.3:
         names = [name for name in NAMES if name is not None]

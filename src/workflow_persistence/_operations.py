@@ -95,6 +95,7 @@ class DialectPlan:
     prune_expired: CompiledSQL
     to_db: Callable[[datetime], Any]
     from_db: Callable[[Any], Any]
+    json_from_db: Callable[[Any], Any]  # a JSON column's value as Python
     select_options: dict[str, Any]  # psycopg 3: binary=True, so bytea is not sent as hex
     unprepared: dict[str, Any]  # psycopg 3: prepare=False, for the prune batches
     binary: frozenset[str]
@@ -170,6 +171,9 @@ def _build(table: Table, dialect: Dialect) -> DialectPlan:
         prune_expired=compile_(statements.prune_expired()),
         to_db=to_db,
         from_db=from_db,
+        # psycopg hands jsonb over parsed (a JSON string as a str); PyMySQL and sqlite3
+        # hand over the JSON text.
+        json_from_db=_unchanged if statements.family == "postgresql" else _json_text_from_db,
         select_options={"binary": True} if psycopg else {},
         unprepared={"prepare": False} if psycopg else {},
         binary=binary,
@@ -279,8 +283,8 @@ def read_row(
             "status": status,
             "workflow_name": workflow_name,
             "current_node": current_node,
-            "interrupt": json.loads(interrupt) if isinstance(interrupt, str | bytes) else interrupt,
-            "run_metadata": json.loads(metadata) if isinstance(metadata, str | bytes) else metadata,
+            "interrupt": plan.json_from_db(interrupt),
+            "run_metadata": plan.json_from_db(metadata),
         }
     except ValueError as exc:
         raise damaged_record(
@@ -370,7 +374,7 @@ def infos(cursor: Cursor, plan: DialectPlan, query: ListQuery) -> list[StoredSna
     stmt = plan.list_statement(shape)
     rows, unreadable = _listing_rows(cursor, plan, stmt, values)
     if not unreadable:
-        listed = _sound_infos(rows, plan.from_db)
+        listed = _sound_infos(rows, plan)
         if listed is not None:  # the usual case: nothing damaged
             return listed
     listed, damaged = _infos_leaving_out_damage(rows, plan, unreadable)
@@ -504,7 +508,7 @@ class _DamagedRow(Exception):
     """A listed row holds what the library never writes."""
 
 
-def _info_of(row: Any, from_db: Callable[[Any], Any]) -> StoredSnapshotInfo:
+def _info_of(row: Any, plan: DialectPlan) -> StoredSnapshotInfo:
     """One listed row as a StoredSnapshotInfo; _DamagedRow (or a conversion error) if
     a column holds what the library never writes."""
     (
@@ -520,6 +524,7 @@ def _info_of(row: Any, from_db: Callable[[Any], Any]) -> StoredSnapshotInfo:
         or (current_node is not None and type(current_node) is not str)
     ):
         raise _DamagedRow
+    from_db = plan.from_db
     created, updated = from_db(created_at), from_db(updated_at)
     expires = None if expires_at is None else from_db(expires_at)
     if (
@@ -528,14 +533,11 @@ def _info_of(row: Any, from_db: Callable[[Any], Any]) -> StoredSnapshotInfo:
         or (expires is not None and type(expires) is not datetime)
     ):
         raise _DamagedRow
-    # psycopg hands jsonb over parsed; PyMySQL and sqlite3 hand over the text.
-    if isinstance(interrupt, str | bytes):
-        interrupt = json.loads(interrupt)
-    if isinstance(metadata, str | bytes):
-        metadata = json.loads(metadata)
-    elif metadata is None:
+    interrupt = plan.json_from_db(interrupt)
+    metadata = plan.json_from_db(metadata)
+    if metadata is None:
         metadata = {}  # a record no save has written since revision 2 came
-    if type(metadata) is not dict:
+    elif type(metadata) is not dict:
         raise _DamagedRow
     return StoredSnapshotInfo(
         workflow_id,
@@ -555,12 +557,10 @@ def _info_of(row: Any, from_db: Callable[[Any], Any]) -> StoredSnapshotInfo:
 _ROW_DAMAGE = (_DamagedRow, *UNCONVERTIBLE)
 
 
-def _sound_infos(
-    rows: Sequence[Any], from_db: Callable[[Any], Any]
-) -> list[StoredSnapshotInfo] | None:
+def _sound_infos(rows: Sequence[Any], plan: DialectPlan) -> list[StoredSnapshotInfo] | None:
     """Every row as listed, or None as soon as one holds a damaged column."""
     try:
-        return [_info_of(row, from_db) for row in rows]
+        return [_info_of(row, plan) for row in rows]
     except _ROW_DAMAGE:
         return None
 
@@ -577,7 +577,7 @@ def _infos_leaving_out_damage(
             damaged.append(f"{_shown(workflow_id)} (its workflow_id is not text)")
             continue
         try:
-            listed.append(_info_of(row, plan.from_db))
+            listed.append(_info_of(row, plan))
         except _ROW_DAMAGE:
             damaged.append(f"{workflow_id!r} ({_row_fault(plan, row)})")
     return listed, damaged
@@ -594,7 +594,7 @@ def _row_fault(plan: DialectPlan, row: Any) -> str:
             return f"its {column} column holds {_shown(value)}, not text"
     for column, value in (("interrupt", interrupt), ("run_metadata", metadata)):
         try:
-            parsed = json.loads(value) if isinstance(value, str | bytes) else value
+            parsed = plan.json_from_db(value)
         except ValueError:
             return f"its {column} column holds {_shown(value)}, not JSON"
         if column == "run_metadata" and parsed is not None and type(parsed) is not dict:
@@ -764,6 +764,15 @@ def _unreadable_row(exc: BaseException) -> str:
         "the driver cannot read its row (a created_at or updated_at outside the years 1 to"
         f" 9999?): {first_line(_driver_error(exc))}"
     )
+
+
+def _json_text_from_db(value: Any) -> Any:
+    """A JSON column's text as Python (None stays None: SQL NULL)."""
+    return None if value is None else json.loads(value)
+
+
+def _unchanged(value: Any) -> Any:
+    return value
 
 
 def _is_out_of_range(exc: BaseException) -> bool:
