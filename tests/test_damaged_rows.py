@@ -67,6 +67,7 @@ DAMAGES = {
         Damage("updated_at", "x'00ff'"),
         Damage("updated_at", "'0000-00-00 00:00:00'"),
         Damage("updated_at", "'9999-12-31 23:00:00-05:00'"),  # past year 9999 in UTC
+        Damage("expires_at", "'garbage'"),  # sorts after any timestamp: not expired
     ],
     "postgresql": [
         Damage("version", "0"),
@@ -75,6 +76,7 @@ DAMAGES = {
         Damage("created_at", "'-infinity'"),
         Damage("updated_at", "'10000-01-01 00:00:00+00'"),
         Damage("updated_at", "'0044-03-15 00:00:00+00 BC'"),
+        Damage("expires_at", "'infinity'"),
     ],
     "mariadb": [
         Damage("version", "0"),
@@ -82,6 +84,7 @@ DAMAGES = {
         Damage("updated_at", "'0000-00-00 00:00:00'"),
         Damage("created_at", "'0000-00-00 00:00:00'"),
         Damage("updated_at", "'2024-00-10 00:00:00'"),  # a zero month
+        Damage("expires_at", "'2999-00-10 00:00:00'"),  # a zero month, in the future
     ],
 }
 CASES = [
@@ -165,6 +168,40 @@ def test_list_leaves_out_the_damaged_record_and_lists_the_rest(
     later = datetime.now(UTC) + timedelta(hours=1)
     assert _listed(damaged.list(updated_before=later)) == expected
     assert all(type(info.version) is int for info in damaged.list())
+
+
+#: JSON columns holding what no save writes: not JSON (SQLite keeps any text), or not an
+#: object where the metadata belongs.
+JSON_DAMAGES = {
+    "sqlite": [
+        Damage("run_metadata", "'not json'"),
+        Damage("interrupt", "'{broken'"),
+        Damage("run_metadata", "'[1, 2]'"),
+        Damage("status", "x'05'"),  # a blob where the status text belongs
+    ],
+    "postgresql": [Damage("run_metadata", "'[1, 2]'"), Damage("run_metadata", "'\"text\"'")],
+    "mariadb": [Damage("run_metadata", "'[1, 2]'"), Damage("run_metadata", "'\"text\"'")],
+}
+
+
+@pytest.mark.parametrize(
+    ("db_kind", "damage"),
+    [
+        pytest.param(kind, damage, id=f"{kind}-{damage}")
+        for kind, damages in JSON_DAMAGES.items()
+        for damage in damages
+    ],
+)
+def test_list_leaves_out_a_record_whose_queryable_columns_are_damaged(
+    damaged: DatabasePersistence, damage: Damage, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="workflow_persistence"):
+        assert _listed(damaged.list()) == list(reversed(HEALTHY))
+    assert "'bad'" in caplog.text and damage.column in caplog.text
+    assert _listed(damaged.list(limit=1)) == [HEALTHY[-1]]
+    assert damaged.load("bad").workflow_id == "bad"  # data is the truth, and sound
+    assert damaged.save(damaged.load("bad")) >= 1  # a save writes the columns anew
+    assert "bad" in _listed(damaged.list())
 
 
 def _outcome(save: Callable[[], int]) -> int | str:

@@ -761,8 +761,8 @@ def _is_unreadable(exc: BaseException, plan: DialectPlan) -> bool:
 
 def _unreadable_row(exc: BaseException) -> str:
     return (
-        "the driver cannot read its row (a created_at or updated_at outside the years 1 to"
-        f" 9999?): {first_line(_driver_error(exc))}"
+        "the driver cannot read its row (a created_at, updated_at or expires_at outside the"
+        f" years 1 to 9999?): {first_line(_driver_error(exc))}"
     )
 
 
