@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import socket
@@ -360,6 +361,27 @@ def test_packet_sizer_matches_the_drivers_escaping() -> None:
     assert hex_sizer(data) >= len(pymysql.converters.escape_bytes(data))
     assert backslash_sizer(data) >= len(BackslashDriver.escape(data))
     assert backslash_sizer(data) < hex_sizer(data)
+
+
+def test_the_packet_check_counts_the_question_and_metadata() -> None:
+    """A save sends the JSON texts of the question and metadata beside the data: a
+    statement they push over max_allowed_packet is refused before it is sent."""
+    import pymysql.converters
+
+    from workflow_persistence import _mysql
+
+    class Connection:  # what the check learns once per connection, already learned
+        def __init__(self) -> None:
+            self.info = {_mysql._LIMIT_KEY: 110_000, _mysql._SIZER_KEY: _mysql.hex_escaped_size}
+
+    data = b"d" * 30_000  # 60 KB as hex: fits
+    _mysql.check_packet_size(Connection(), data, None, "{}")
+    question = json.dumps({"text": "é" * 10_000}, ensure_ascii=False)  # 20 KB in UTF-8
+    escaped = pymysql.converters.escape_string(question).encode()
+    assert len(escaped) <= 2 * len(question.encode())
+    _mysql.check_packet_size(Connection(), data, question, "{}")  # 60 + 40 + 4 KB: just fits
+    with pytest.raises(PayloadTooLargeError, match="question and metadata"):
+        _mysql.check_packet_size(Connection(), data, question, question)
 
 
 def test_prune_in_batches_is_exact_with_ties_across_batches(
