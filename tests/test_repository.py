@@ -399,3 +399,22 @@ def test_an_expired_row_counts_as_absent(session: Session) -> None:
     live = SnapshotColumns("interrupted", None, None, None, "{}", None)
     assert repo.upsert("w", b"three", expected_version=0, columns=live) == 1
     assert repo.exists("w")
+
+
+def test_filtered_lists_run_under_listeners_too(engine: Engine, session: Session) -> None:
+    """The observed path (exec_driver_sql) binds the same parameters: JSON casts included."""
+    from workflow_persistence._columns import SnapshotColumns
+
+    repo = _repo(session)
+    columns = SnapshotColumns(
+        "interrupted", "refund", "approve", '{"q":1}', '{"t":"a","n":1}', None
+    )
+    with StatementCounter(engine) as counter:
+        repo.upsert("w", b"x", columns=columns)
+        listed = repo.list(
+            status="interrupted", workflow_name="refund", metadata={"t": "a", "n": 1}
+        )
+        assert [i.workflow_id for i in listed] == ["w"]
+        assert listed[0].interrupt == {"q": 1}
+        assert repo.list(metadata={"n": True}) == []
+    assert len(counter.statements) == 3
