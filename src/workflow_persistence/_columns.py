@@ -17,10 +17,9 @@ import json
 import math
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._snapshot import WorkflowSnapshot, printable
 
@@ -32,9 +31,8 @@ MAX_JSON_TEXT = 64 * 1024
 _MAX_DEPTH = 100  # as deep as the default serializer stores
 
 
-@dataclass(frozen=True, slots=True)
-class SnapshotColumns:
-    """What a save writes beside the encoded snapshot."""
+class SnapshotColumns(NamedTuple):
+    """What a save writes beside the encoded snapshot (a tuple: built on every save)."""
 
     status: str
     workflow_name: str | None
@@ -48,12 +46,13 @@ def columns_of(snapshot: WorkflowSnapshot) -> SnapshotColumns:
     """The columns of ``snapshot`` (already checked by the serializer)."""
     interrupt = snapshot.interrupt
     status = snapshot.status
+    metadata = snapshot.metadata
     return SnapshotColumns(
         status=status if type(status) is str else str.__str__(status),
         workflow_name=snapshot.workflow_name,
         current_node=snapshot.current_node,
         interrupt=None if interrupt is None else json_text(interrupt),
-        run_metadata=json_text(dict(snapshot.metadata)),
+        run_metadata=json_text(metadata) if metadata else "{}",
         expires_at=snapshot.expires_at,
     )
 
@@ -61,10 +60,7 @@ def columns_of(snapshot: WorkflowSnapshot) -> SnapshotColumns:
 def json_text(value: Any) -> str:
     """``value`` as compact JSON text that every database's JSON type accepts."""
     try:
-        text = json.dumps(
-            value, ensure_ascii=False, allow_nan=False, separators=(",", ":"),
-            default=_fast_default,
-        )
+        text = _encode(value)
     except (TypeError, ValueError, RecursionError):
         text = _slow_text(value)
     else:
@@ -75,6 +71,24 @@ def json_text(value: Any) -> str:
     if len(text) > MAX_JSON_TEXT:
         text = json.dumps(text[: MAX_JSON_TEXT - 64] + "...", ensure_ascii=False)
     return text
+
+
+def _fast_default(value: Any) -> Any:
+    """json's hook for what it does not know; the slow path handles the rest."""
+    kind = type(value)
+    if kind is datetime or kind is date or kind is time:
+        return value.isoformat()
+    if kind is Decimal or kind is uuid.UUID:
+        return str(value)
+    if kind is set or kind is frozenset:
+        return list(value)
+    raise TypeError  # anything else: the careful walk
+
+
+# One encoder built up front: json.dumps with options builds a new one on every call.
+_encode = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_fast_default
+).encode
 
 
 def plain_json(value: Any) -> Any:
@@ -92,18 +106,6 @@ def _utf8(text: str) -> bool:
 
 def _slow_text(value: Any) -> str:
     return json.dumps(_plain(value, 0), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def _fast_default(value: Any) -> Any:
-    """json's hook for what it does not know; the slow path handles the rest."""
-    kind = type(value)
-    if kind is datetime or kind is date or kind is time:
-        return value.isoformat()
-    if kind is Decimal or kind is uuid.UUID:
-        return str(value)
-    if kind is set or kind is frozenset:
-        return list(value)
-    raise TypeError  # anything else: the careful walk
 
 
 def _plain(value: Any, depth: int) -> Any:
