@@ -509,8 +509,8 @@ def test_garbage_body_still_lists_but_does_not_load(
 ) -> None:
     store.save(WorkflowSnapshot("w", state={"v": 1}))
     path = directory / file_name("w")
-    header = path.read_bytes().split(b"\n", 1)[0] + b"\n"
-    path.write_bytes(header + b"\x00garbage, not a snapshot\xff" * 10)
+    header, columns, _ = path.read_bytes().split(b"\n", 2)  # what list reads: kept
+    path.write_bytes(header + b"\n" + columns + b"\n" + b"\x00garbage, not a snapshot\xff" * 10)
 
     [info] = store.list()
     assert (info.workflow_id, info.version) == ("w", 1)
