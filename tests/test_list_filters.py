@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -27,8 +27,8 @@ from workflow_persistence import (
     StoredSnapshotInfo,
     WorkflowNotFoundError,
     WorkflowSnapshot,
+    _snapshot,
 )
-from workflow_persistence import _snapshot
 
 from .samples import Money, serializer
 
@@ -48,7 +48,7 @@ class Clock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock(datetime.now(UTC))
     real = _snapshot.utc_now
     patched = 0
@@ -57,7 +57,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
             monkeypatch.setattr(module, "utc_now", clock)
             patched += 1
     assert patched > 1  # the snapshot module and at least one backend's
-    yield clock
+    return clock
 
 
 def save(
@@ -119,7 +119,7 @@ def test_workflow_name_filter_is_exact(persistence: Persistence) -> None:
     assert persistence.list(workflow_name="refunds", status="failed") == []
 
 
-# -- metadata -----------------------------------------------------------------------------------
+# -- metadata ---------------------------------------------------------------------------------
 
 CAFE_NFC = unicodedata.normalize("NFC", "café")
 CAFE_NFD = unicodedata.normalize("NFD", "café")
@@ -261,7 +261,7 @@ def test_metadata_must_be_a_mapping(persistence: Persistence, bad: Any) -> None:
         persistence.list(metadata=bad)
 
 
-# -- time bounds, limit and cursor --------------------------------------------------------------
+# -- time bounds, limit and cursor ------------------------------------------------------------
 
 
 def test_updated_before_and_after_are_strict_bounds(persistence: Persistence, clock: Clock) -> None:
@@ -344,7 +344,7 @@ def test_limit(persistence: Persistence, clock: Clock) -> None:
             persistence.list(limit=bad)  # type: ignore[arg-type]
 
 
-# -- what a listed record shows -------------------------------------------------------------------
+# -- what a listed record shows ---------------------------------------------------------------
 
 
 @dataclass
@@ -430,7 +430,7 @@ def test_listed_fields_follow_each_save(persistence: Persistence) -> None:
     assert persistence.list(status="interrupted") == []
 
 
-# -- expiry ---------------------------------------------------------------------------------------
+# -- expiry -----------------------------------------------------------------------------------
 
 
 def test_an_expired_record_counts_as_gone(persistence: Persistence, clock: Clock) -> None:
@@ -483,7 +483,7 @@ def test_plain_save_over_an_expired_record_is_version_one(
     assert persistence.load("w").created_at == clock.now
 
 
-# -- prune ------------------------------------------------------------------------------------------
+# -- prune ------------------------------------------------------------------------------------
 
 
 def test_prune_without_an_age_deletes_only_expired_records(
@@ -504,7 +504,8 @@ def test_prune_by_age_and_status(persistence: Persistence, clock: Clock) -> None
     save(persistence, "old-failed", status="failed")
     save(persistence, "old-waiting", status="interrupted")
     save(persistence, "old-running", status="running")
-    save(persistence, "expired-waiting", status="interrupted", expires_at=clock.now + timedelta(hours=1))
+    expires_at = clock.now + timedelta(hours=1)
+    save(persistence, "expired-waiting", status="interrupted", expires_at=expires_at)
     clock.advance(timedelta(hours=2))
     save(persistence, "new-failed", status="failed")
     clock.advance(timedelta(minutes=1))
