@@ -34,10 +34,9 @@ import stat
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._base import (
     ListQuery,
@@ -523,9 +522,8 @@ def _pread_exactly(fd: int, count: int, offset: int) -> bytes:
 # -- the file format ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Header:
-    """The header line of a snapshot file."""
+class _Header(NamedTuple):
+    """The header line of a snapshot file (a tuple: built on every load, so cheap)."""
 
     workflow_id: str
     version: int
@@ -605,8 +603,12 @@ def _decode_header(line: bytes, directory: Path, name: str) -> _Header:
         version = fields["version"]
         created = datetime.fromisoformat(fields["created_at"])
         updated = datetime.fromisoformat(fields["updated_at"])
-        expires = _optional_datetime(fields["expires_at"]) if has_columns else None
-        columns_size = fields["columns"] if has_columns else None
+        if has_columns:
+            expires_text = fields["expires_at"]
+            expires = None if expires_text is None else datetime.fromisoformat(expires_text)
+            columns_size = fields["columns"]
+        else:
+            expires = columns_size = None
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise CorruptSnapshotError(f"damaged header in {str(directory / name)!r}: {exc}") from exc
     if (
@@ -616,20 +618,12 @@ def _decode_header(line: bytes, directory: Path, name: str) -> _Header:
         or created.utcoffset() is None
         or updated.utcoffset() is None
         or (expires is not None and expires.utcoffset() is None)
-        or (has_columns and not _is_columns_size(columns_size))
+        or (has_columns and not (type(columns_size) is int and 0 < columns_size <= _MAX_COLUMNS))
     ):
         raise CorruptSnapshotError(
             f"damaged header in {str(directory / name)!r}: unexpected field values"
         )
     return _Header(stored_id, version, created, updated, expires, len(line), columns_size)
-
-
-def _optional_datetime(text: Any) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
-def _is_columns_size(size: Any) -> bool:
-    return type(size) is int and 0 < size <= _MAX_COLUMNS
 
 
 def _header_fields(dir_fd: int, directory: Path, name: str) -> _Header | None:
