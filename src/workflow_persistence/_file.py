@@ -322,17 +322,15 @@ class FilePersistence(RecordPersistence):
         if header.workflow_id != workflow_id:  # a SHA-256 collision, or a file copied by hand
             return None
         start = header.data_offset
-        if len(head) == size:  # a small file: all of it is in hand
-            data = head[start:]
-            line_end = head[start - 1 : start]
-        else:
-            data = _pread_exactly(fd, size - start, start)
-            line_end = os.pread(fd, 1, start - 1)
-        if header.columns_size is not None and line_end != b"\n":
-            raise CorruptSnapshotError(
-                f"damaged header in {str(self.directory / name)!r}: the columns line does"
-                f" not end where the header says; delete({workflow_id!r}) removes it"
-            )
+        small = len(head) == size  # then all of the file is in hand
+        if header.columns_size is not None:
+            line_end = head[start - 1 : start] if small else os.pread(fd, 1, start - 1)
+            if line_end != b"\n":
+                raise CorruptSnapshotError(
+                    f"damaged header in {str(self.directory / name)!r}: the columns line"
+                    f" does not end where the header says; delete({workflow_id!r}) removes it"
+                )
+        data = head[start:] if small else _pread_exactly(fd, size - start, start)
         return data, header.version, header.created_at, header.updated_at, header.expires_at
 
     def _remove(self, workflow_id: str, expected_version: int | None, now: datetime) -> bool:
