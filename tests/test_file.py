@@ -786,6 +786,17 @@ def test_columns_keep_any_text_exactly(store: FilePersistence) -> None:
     assert store.load("w").workflow_name == odd
 
 
+def test_metadata_too_long_to_render_is_listed_as_empty(store: FilePersistence) -> None:
+    store.save(WorkflowSnapshot("big", metadata={"tenant": "acme", "blob": "x" * 70_000}))
+    store.save(WorkflowSnapshot("small", metadata={"tenant": "acme"}))
+    assert sorted((i.workflow_id, i.metadata) for i in store.list()) == [
+        ("big", {}),  # its rendering was cut: the run is listed, its metadata not shown
+        ("small", {"tenant": "acme"}),
+    ]
+    assert ids_of(store.list(metadata={"tenant": "acme"})) == ["small"]
+    assert store.load("big").metadata["tenant"] == "acme"
+
+
 def test_expiry_is_kept_in_utc_in_the_header(store: FilePersistence, directory: Path) -> None:
     expires_at = datetime(2099, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=2)))
     store.save(WorkflowSnapshot("w", expires_at=expires_at))
@@ -795,7 +806,9 @@ def test_expiry_is_kept_in_utc_in_the_header(store: FilePersistence, directory: 
     assert info.expires_at == expires_at and info.expires_at.utcoffset() == timedelta(0)
 
 
-@pytest.mark.parametrize("how", ["longer", "shorter", "zero", "huge", "not json", "no status"])
+@pytest.mark.parametrize(
+    "how", ["longer", "shorter", "zero", "huge", "not json", "no status", "status not text"]
+)
 def test_a_damaged_columns_line_is_not_listed(
     store: FilePersistence, directory: Path, how: str
 ) -> None:
@@ -808,6 +821,8 @@ def test_a_damaged_columns_line_is_not_listed(
         columns = b"[" + columns[1:]
     elif how == "no status":
         columns = columns.replace(b'"status"', b'"statvs"')
+    elif how == "status not text":
+        columns = columns.replace(b'"status": "interrupted"', b'"status": 1234567890123')
     else:
         new_size = {"longer": len(columns) + 2, "shorter": len(columns), "zero": 0}.get(
             how, 1 << 30
@@ -816,7 +831,7 @@ def test_a_damaged_columns_line_is_not_listed(
     path.write_bytes(header + b"\n" + columns + b"\n" + data)
 
     assert ids_of(store.list()) == ["intact"]
-    if how in ("not json", "no status"):  # load reads the header and the data only
+    if how in ("not json", "no status", "status not text"):  # load reads header and data
         assert store.load("w").state == {"v": 1}
     else:
         with pytest.raises(CorruptSnapshotError, match="damaged header"):

@@ -703,26 +703,24 @@ def _decode_columns(line: bytes, directory: Path, name: str) -> _Listed:
         if not line.endswith(b"\n"):
             raise ValueError("the columns line is cut short")
         fields = json.loads(line)
-        listed: _Listed = (
-            fields["status"],
-            fields["workflow_name"],
-            fields["current_node"],
-            fields["interrupt"],
-            fields["metadata"],
-        )
+        status = fields["status"]
+        workflow_name = fields["workflow_name"]
+        current_node = fields["current_node"]
+        interrupt = fields["interrupt"]
+        metadata = fields["metadata"]
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise CorruptSnapshotError(f"damaged columns in {str(directory / name)!r}: {exc}") from exc
-    status, workflow_name, current_node, _, metadata = listed
     if (
         type(status) is not str
         or not (workflow_name is None or type(workflow_name) is str)
         or not (current_node is None or type(current_node) is str)
-        or type(metadata) is not dict
     ):
         raise CorruptSnapshotError(
             f"damaged columns in {str(directory / name)!r}: unexpected field values"
         )
-    return listed
+    if type(metadata) is not dict:  # a rendering too long to keep, cut to a JSON string
+        metadata = {}
+    return status, workflow_name, current_node, interrupt, metadata
 
 
 #: Reads format-1 files for ``list``: classes it does not know become stand-ins, so no
