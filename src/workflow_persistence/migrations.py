@@ -19,11 +19,15 @@ from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL
 
+from ._snapshot import SNAPSHOT_STATUSES, UNKNOWN_STATUS
+from .errors import PersistenceError
 from .models import TABLE_NAME, VERSION_TABLE
-from .types import WorkflowIdType
+from .types import UTCDateTime, WorkflowIdType
 
 if TYPE_CHECKING:
     from alembic.operations.ops import MigrationScript
@@ -33,14 +37,17 @@ if TYPE_CHECKING:
 __all__ = [
     "BRANCH",
     "DEFAULT_URL",
+    "RUN_COLUMNS",
     "URL_ENV_VAR",
     "VERSION_TABLE",
     "alembic_config",
     "current_revision",
+    "fill_run_columns",
     "include_name",
     "include_object",
     "process_revision_directives",
     "render_item",
+    "require_run_columns",
     "resolve_url",
     "script_location",
     "upgrade",
@@ -227,3 +234,132 @@ def current_revision(connection: Connection) -> str | None:
 
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
     return context.get_current_revision()
+
+
+# -- revision wfp_0002: the queryable columns ------------------------------------------------
+
+#: The columns revision ``wfp_0002`` added, copied from each snapshot on save so a list
+#: never decodes ``data``.
+RUN_COLUMNS = ("status", "workflow_name", "current_node", "interrupt", "run_metadata", "expires_at")
+_NAME_LENGTH = 255  # workflow_name and current_node: VARCHAR(255), like ids
+
+
+def require_run_columns(connection: Connection | Engine, table: sa.Table) -> None:
+    """Raise a clear error if ``table`` predates revision ``wfp_0002`` (its columns missing).
+
+    Such a table is not upgraded behind the app's back: filling the new columns reads
+    every record, which is for ``migrate`` (or the app's Alembic) to do, once.
+    """
+    found = {column["name"] for column in sa.inspect(connection).get_columns(
+        table.name, schema=table.schema
+    )}
+    missing = [name for name in RUN_COLUMNS if name in table.c and name not in found]
+    if missing:
+        raise PersistenceError(
+            f"the table {table.name!r} predates revision wfp_0002 (it lacks the column"
+            f"{'s' if len(missing) > 1 else ''} {', '.join(missing)}): upgrade it once with"
+            " `workflow-persistence migrate`, or `alembic upgrade heads` in an app whose"
+            " Alembic lists the library's migrations"
+        )
+
+
+def fill_run_columns(
+    connection: Connection,
+    table_name: str = TABLE_NAME,
+    *,
+    schema: str | None = None,
+    batch_size: int = 1000,
+) -> int:
+    """Fill the queryable columns of every stored record from its ``data``; return the count.
+
+    What revision ``wfp_0002`` runs after adding the columns (a host app that added them
+    to a table of its own in its own revision calls it the same way, with
+    ``op.get_bind()``). It works in the caller's transaction, ``batch_size`` records at a
+    time (keyset on ``workflow_id``), so memory holds one batch, never the table. Records
+    are decoded with stand-ins for every class, so no stored class is ever imported; one
+    that cannot be decoded (a signed pickle, damage) gets status ``"unknown"`` until its
+    next save.
+    """
+    from ._serializers import JsonSerializer
+
+    serializer = JsonSerializer(unknown_classes="stand-in")
+    table = sa.table(table_name, sa.column("workflow_id"), sa.column("data"), schema=schema)
+    page = sa.select(table.c.workflow_id, table.c.data).order_by(table.c.workflow_id)
+    update = _fill_statement(connection, table_name, schema)
+    done = 0
+    after: Any = None
+    while True:
+        query = page if after is None else page.where(table.c.workflow_id > after)
+        rows = connection.execute(query.limit(batch_size)).all()
+        if not rows:
+            return done
+        connection.execute(update, [_column_values(serializer, *row) for row in rows])
+        done += len(rows)
+        after = rows[-1][0]
+        del rows  # hold one batch at a time
+
+
+def _fill_statement(connection: Connection, table_name: str, schema: str | None) -> Any:
+    """``UPDATE ... SET <the columns> WHERE workflow_id = ?``, JSON bound as text."""
+    table = sa.table(
+        table_name, *(sa.column(name) for name in ("workflow_id", *RUN_COLUMNS)), schema=schema
+    )
+    on_postgresql = connection.dialect.name == "postgresql"
+
+    def json_text(name: str) -> Any:
+        bound = sa.bindparam(name, type_=sa.Text())
+        return sa.cast(bound, postgresql.JSONB()) if on_postgresql else bound
+
+    return (
+        sa.update(table)
+        .where(table.c.workflow_id == sa.bindparam("b_workflow_id"))
+        .values(
+            status=sa.bindparam("b_status", type_=sa.String()),
+            workflow_name=sa.bindparam("b_workflow_name", type_=sa.String()),
+            current_node=sa.bindparam("b_current_node", type_=sa.String()),
+            interrupt=json_text("b_interrupt"),
+            run_metadata=json_text("b_run_metadata"),
+            expires_at=sa.bindparam("b_expires_at", type_=UTCDateTime()),
+        )
+    )
+
+
+def _column_values(serializer: Any, workflow_id: Any, data: Any) -> dict[str, Any]:
+    from ._columns import columns_of
+
+    values: dict[str, Any] = {
+        "b_workflow_id": workflow_id,
+        "b_status": UNKNOWN_STATUS,
+        "b_workflow_name": None,
+        "b_current_node": None,
+        "b_interrupt": None,
+        "b_run_metadata": "{}",
+        "b_expires_at": None,
+    }
+    try:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            return values  # a damaged column (SQLite stores any type anywhere)
+        columns = columns_of(serializer.loads(bytes(data)))
+    except Exception:  # one unreadable record must not stop the migration
+        return values
+    status = columns.status
+    values.update(
+        b_status=status if status in SNAPSHOT_STATUSES else UNKNOWN_STATUS,
+        b_workflow_name=_fitting_name(columns.workflow_name),
+        b_current_node=_fitting_name(columns.current_node),
+        b_interrupt=columns.interrupt,
+        b_run_metadata=columns.run_metadata,
+        b_expires_at=columns.expires_at,
+    )
+    return values
+
+
+def _fitting_name(name: str | None) -> str | None:
+    """``name`` if its VARCHAR(255) column takes it on every database, else None."""
+    if name is None or len(name) > _NAME_LENGTH or "\x00" in name:
+        return None
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return name
