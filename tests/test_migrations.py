@@ -83,11 +83,12 @@ def assert_promised_schema(url: URL, kind: str) -> None:
         assert list(columns) == COLUMNS
         assert [name for name, c in columns.items() if c["nullable"]] == NULLABLE
         assert all(c["default"] is None for c in columns.values())
-        for name in ("workflow_id", "workflow_name", "current_node"):
-            assert isinstance(columns[name]["type"], sa.String)
-            assert columns[name]["type"].length == 255
-        assert isinstance(columns["status"]["type"], sa.String)
-        assert columns["status"]["type"].length == 16
+        for name, length in (
+            ("workflow_id", 255), ("workflow_name", 255), ("current_node", 255), ("status", 16)
+        ):
+            text_type = columns[name]["type"]
+            assert isinstance(text_type, sa.String)
+            assert text_type.length == length
         assert isinstance(columns["version"]["type"], sa.Integer)
         stamps = [columns[n]["type"] for n in ("created_at", "updated_at", "expires_at")]
         if kind == "postgresql":

@@ -52,8 +52,8 @@ def new_columns() -> list[sa.Column[object]]:
         sa.Column("status", sa.String(16), nullable=False, server_default=FILLING),
         sa.Column("workflow_name", WorkflowIdType(), nullable=True),
         sa.Column("current_node", WorkflowIdType(), nullable=True),
-        sa.Column("interrupt", JsonData, nullable=True),
-        sa.Column("run_metadata", JsonData, nullable=True),
+        sa.Column("interrupt", JsonData(), nullable=True),
+        sa.Column("run_metadata", JsonData(), nullable=True),
         sa.Column("expires_at", UTCDateTime(), nullable=True),
     ]
 
