@@ -15,7 +15,8 @@ passes :func:`include_name` (autogenerate leaves our tables alone), :func:`rende
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,7 +28,7 @@ from sqlalchemy.engine import URL
 from ._snapshot import SNAPSHOT_STATUSES, UNKNOWN_STATUS
 from .errors import PersistenceError
 from .models import TABLE_NAME, VERSION_TABLE
-from .types import UTCDateTime, WorkflowIdType
+from .types import UTCDateTime, WorkflowIdType, mysql_binary_collation
 
 if TYPE_CHECKING:
     from alembic.operations.ops import MigrationScript
@@ -285,7 +286,7 @@ def fill_run_columns(
     serializer = JsonSerializer(unknown_classes="stand-in")
     table = sa.table(table_name, sa.column("workflow_id"), sa.column("data"), schema=schema)
     page = sa.select(table.c.workflow_id, table.c.data).order_by(table.c.workflow_id)
-    update = _fill_statement(connection, table_name, schema)
+    write = _batch_writer(connection, table_name, schema)
     done = 0
     after: Any = None
     while True:
@@ -293,10 +294,94 @@ def fill_run_columns(
         rows = connection.execute(query.limit(batch_size)).all()
         if not rows:
             return done
-        connection.execute(update, [_column_values(serializer, *row) for row in rows])
+        write([_column_values(serializer, *row) for row in rows])
         done += len(rows)
         after = rows[-1][0]
         del rows  # hold one batch at a time
+
+
+def _batch_writer(
+    connection: Connection, table_name: str, schema: str | None
+) -> Callable[[list[dict[str, Any]]], None]:
+    """How a batch of filled columns is written: one statement per batch where it pays.
+
+    PostgreSQL and MySQL/MariaDB join the table to the batch's values in one UPDATE (a
+    statement per row costs a round trip each: about three times slower); SQLite, in
+    process, runs the per-row UPDATE for each.
+    """
+    dialect = connection.dialect
+    quoted = dialect.identifier_preparer.format_table(sa.table(table_name, schema=schema))
+    if dialect.name == "postgresql":
+        return lambda batch: _update_from_values(connection, quoted, batch)
+    if dialect.name in ("mysql", "mariadb"):
+        return lambda batch: _update_joined(connection, quoted, batch)
+    update = _fill_statement(connection, table_name, schema)
+
+    def each_row(batch: list[dict[str, Any]]) -> None:
+        connection.execute(update, batch)
+
+    return each_row
+
+
+_FIELDS = ("b_workflow_id", *(f"b_{name}" for name in RUN_COLUMNS))
+
+
+def _numbered(batch: list[dict[str, Any]]) -> tuple[list[list[str]], dict[str, Any]]:
+    """Placeholders ``:b_status_7`` per row and field, and their values."""
+    names: list[list[str]] = []
+    params: dict[str, Any] = {}
+    for i, values in enumerate(batch):
+        row = [f"{field}_{i}" for field in _FIELDS]
+        for field, name in zip(_FIELDS, row, strict=True):
+            params[name] = values[field]
+        names.append(row)
+    return names, params
+
+
+def _update_from_values(connection: Connection, table: str, batch: list[dict[str, Any]]) -> None:
+    """One UPDATE joined to the batch, passed as one array per column (seven parameters)."""
+    columns = {field: [values[field] for values in batch] for field in _FIELDS}
+    connection.execute(
+        sa.text(
+            f"UPDATE {table} AS t SET status = v.status, workflow_name = v.workflow_name,"
+            " current_node = v.current_node, interrupt = CAST(v.interrupt AS JSONB),"
+            " run_metadata = CAST(v.run_metadata AS JSONB), expires_at = v.expires_at"
+            " FROM unnest(CAST(:b_workflow_id AS TEXT[]), CAST(:b_status AS TEXT[]),"
+            " CAST(:b_workflow_name AS TEXT[]), CAST(:b_current_node AS TEXT[]),"
+            " CAST(:b_interrupt AS TEXT[]), CAST(:b_run_metadata AS TEXT[]),"
+            " CAST(:b_expires_at AS TIMESTAMPTZ[]))"
+            " AS v(workflow_id, status, workflow_name, current_node, interrupt, run_metadata,"
+            " expires_at) WHERE t.workflow_id = v.workflow_id"
+        ),
+        columns,
+    )
+
+
+def _update_joined(connection: Connection, table: str, batch: list[dict[str, Any]]) -> None:
+    names, params = _numbered(batch)
+    for row in names:  # DATETIME(6) holds naive UTC
+        stamp = params[row[-1]]
+        if stamp is not None:
+            params[row[-1]] = stamp.astimezone(UTC).replace(tzinfo=None)
+    first, *rest = names
+    selects = [
+        "SELECT " + ", ".join(
+            f":{name} AS {column}" for name, column in zip(first, ("workflow_id", *RUN_COLUMNS),
+                                                           strict=True)
+        ),
+        *("SELECT " + ", ".join(f":{name}" for name in row) for row in rest),
+    ]
+    collation = mysql_binary_collation(connection.dialect)
+    connection.execute(
+        sa.text(
+            f"UPDATE {table} AS t JOIN ({' UNION ALL '.join(selects)}) AS v"
+            f" ON t.workflow_id = v.workflow_id COLLATE {collation}"
+            " SET t.status = v.status, t.workflow_name = v.workflow_name,"
+            " t.current_node = v.current_node, t.interrupt = v.interrupt,"
+            " t.run_metadata = v.run_metadata, t.expires_at = v.expires_at"
+        ),
+        params,
+    )
 
 
 def _fill_statement(connection: Connection, table_name: str, schema: str | None) -> Any:
