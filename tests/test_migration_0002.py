@@ -481,3 +481,24 @@ def test_a_statement_on_missing_columns_is_named_clearly(old_database: URL) -> N
     assert type(error) is PersistenceError
     assert broken is False
     assert "workflow-persistence migrate" in str(error)
+
+
+def test_on_mariadb_a_batch_of_large_questions_is_split_under_the_packet_size(
+    new_database_url: Callable[[str], URL], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One UPDATE per batch would carry every record's question: above
+    ``max_allowed_packet`` the server drops the connection. The fill splits it."""
+    url = new_database_url("mariadb")
+    fill_old_database(url)
+    monkeypatch.setattr(migrations, "MYSQL_STATEMENT_TEXT", 64 * 1024)
+    engine = make_engine(url)
+    try:
+        with recorded_statements(engine) as statements:
+            migrations.upgrade(engine)
+    finally:
+        engine.dispose()
+    updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE " + TABLE.upper())]
+    batches = -(-len(RECORDS) // 1000)
+    assert len(updates) > 2 * batches  # split, not one statement per batch
+    assert all(len(s) < 64 * 1024 + 100 * 1024 for s in updates)
+    assert new_columns(url) == {k: e for k, (_, e) in RECORDS.items()}
