@@ -820,3 +820,67 @@ def test_the_column_types_are_public() -> None:
         ours = {m for m in imported_modules(revision) if m.startswith("workflow_persistence")}
         assert "workflow_persistence.types" in ours, revision.name
         assert ours <= public, revision.name
+
+
+# -- a host whose database is at wfp_0001 upgrades the library -------------------------------
+
+
+@pytest.mark.parametrize("kind", DATABASES)
+def test_upgrade_heads_brings_a_host_database_from_wfp_0001_with_runs(
+    kind: str, new_database_url: Callable[[str], URL], tmp_path: Path
+) -> None:
+    """The host's own Alembic (no batch rendering, its own version table) takes our table
+    from wfp_0001 to the head: the columns are filled from the stored runs, the schema
+    matches the model, and the records are untouched."""
+    from workflow_persistence import JsonSerializer, PickleSerializer
+
+    url = new_database_url(kind)
+    ini = make_host_project(tmp_path)
+    cli = host_cli(url, tmp_path, ini)
+    cli("upgrade", FIRST)
+    waiting = WorkflowSnapshot(
+        "waiting", status="interrupted", current_node="approve",
+        interrupt={"question": "Approve?"}, metadata={"tenant": "acme"}, workflow_name="refunds",
+    )
+    records = {
+        "waiting": JsonSerializer().dumps(waiting),
+        "pickled": PickleSerializer(secret_key=b"k" * 32).dumps(WorkflowSnapshot("pickled")),
+    }
+    now = datetime.now(UTC)
+    model = workflow_persistence.WorkflowInterrupt.__table__.c
+    old = sa.Table(
+        TABLE, sa.MetaData(),
+        *(sa.Column(n, model[n].type) for n in ("workflow_id", "data", "version", "created_at",
+                                                 "updated_at")),
+    )
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.insert(old), [
+                {"workflow_id": k, "data": v, "version": 3, "created_at": now, "updated_at": now}
+                for k, v in records.items()
+            ])
+        cli("upgrade", "heads")
+        assert version_rows(url, HOST_VERSION_TABLE) == [REVISION]
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(model.workflow_id, model.data, model.version, model.status,
+                          model.workflow_name, model.current_node, model.interrupt,
+                          model.run_metadata)
+            ).all()
+            found = {row[0]: tuple(row[1:]) for row in rows}
+            assert found == {
+                "waiting": (records["waiting"], 3, "interrupted", "refunds", "approve",
+                            {"question": "Approve?"}, {"tenant": "acme"}),
+                "pickled": (records["pickled"], 3, "unknown", None, None, None, {}),
+            }
+            ours = schema_diff(
+                connection,
+                workflow_persistence.metadata,
+                version_table=HOST_VERSION_TABLE,
+                include_name=hook_only_for_ours,
+            )
+            assert ours == []
+    finally:
+        engine.dispose()
+    assert migrations.VERSION_TABLE not in table_names(url)
