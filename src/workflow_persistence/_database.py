@@ -352,6 +352,9 @@ class DatabasePersistence(RecordPersistence):
     def _ensure_table(self) -> None:
         try:
             if inspect(self.engine).has_table(self.table.name, schema=self.table.schema):
+                from .migrations import require_run_columns
+
+                require_run_columns(self.engine, self.table)  # never upgraded behind the app
                 return
             if self.model is WorkflowInterrupt:
                 from .migrations import upgrade

@@ -797,6 +797,11 @@ def translate_error(
             f"the table {table!r} does not exist: run `workflow-persistence migrate` (or"
             " your Alembic upgrade), or pass create_table=True"
         ), False
+    if _is_missing_column(exc):  # a table from before revision wfp_0002
+        return PersistenceError(
+            f"the table {table!r} lacks columns this version writes: upgrade it once with"
+            f" `workflow-persistence migrate` (or your Alembic upgrade): {first_line(exc)}"
+        ), False
     if _is_too_large(exc):
         return PayloadTooLargeError(f"the database refused the snapshot: {first_line(exc)}"), False
     if _is_busy(exc):
@@ -829,6 +834,14 @@ def _is_too_large(exc: BaseException) -> bool:
 def _is_missing_table(exc: BaseException) -> bool:
     sqlstate, code = _codes(exc)
     return sqlstate == "42P01" or code == 1146 or "no such table" in str(exc)
+
+
+def _is_missing_column(exc: BaseException) -> bool:
+    sqlstate, code = _codes(exc)
+    text = str(exc)
+    return sqlstate == "42703" or code == 1054 or "no such column" in text or (
+        "has no column named" in text
+    )
 
 
 def _is_busy(exc: BaseException) -> bool:

@@ -56,8 +56,8 @@ class WorkflowInterruptMixin:
     # Compared by exact code points, like ids (a binary collation on MySQL/MariaDB).
     workflow_name: Mapped[str | None] = mapped_column(WorkflowIdType(), nullable=True)
     current_node: Mapped[str | None] = mapped_column(WorkflowIdType(), nullable=True)
-    interrupt: Mapped[Any] = mapped_column(JsonData, nullable=True)
-    run_metadata: Mapped[Any] = mapped_column(JsonData, nullable=True)
+    interrupt: Mapped[Any] = mapped_column(JsonData(), nullable=True)
+    run_metadata: Mapped[Any] = mapped_column(JsonData(), nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     @staticmethod

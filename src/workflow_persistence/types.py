@@ -15,10 +15,6 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 __all__ = ["BinaryData", "JsonData", "UTCDateTime", "WorkflowIdType"]
 
-#: ``interrupt`` and ``run_metadata``: plain JSON for display and filtering; JSONB on
-#: PostgreSQL (containment filters, no duplicate keys), JSON elsewhere.
-JsonData: TypeEngine[Any] = JSON().with_variant(postgresql.JSONB(), "postgresql")
-
 #: ``data``: LONGBLOB on MySQL/MariaDB (plain BLOB stops at 64 KiB), BYTEA, BLOB.
 BinaryData: TypeEngine[bytes] = (
     LargeBinary()
@@ -91,3 +87,21 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+class JsonData(TypeDecorator[Any]):
+    """``interrupt`` and ``run_metadata``: plain JSON for display and filtering.
+
+    JSONB on PostgreSQL (containment filters, no duplicate keys), JSON elsewhere (on
+    MariaDB a LONGTEXT checked by ``json_valid``). A type of its own rather than a
+    ``with_variant``: autogenerate renders a variant of JSONB as ``astext_type=Text()``
+    without an import, so a host's generated revision would fail with a NameError.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.JSONB())
+        return dialect.type_descriptor(JSON())
