@@ -430,6 +430,13 @@ def test_listed_fields_follow_each_save(persistence: Persistence) -> None:
     assert persistence.list(status="interrupted") == []
 
 
+def test_metadata_too_long_to_keep_whole_stays_filterable(persistence: Persistence) -> None:
+    save(persistence, "w", metadata={"tenant": "acme", "notes": "x" * 100_000, "n": 3})
+    [info] = persistence.list(metadata={"tenant": "acme", "n": 3})
+    assert info.metadata == {"tenant": "acme", "n": 3}
+    assert persistence.load("w").metadata["notes"] == "x" * 100_000  # data stays the truth
+
+
 # -- expiry -----------------------------------------------------------------------------------
 
 

@@ -23,11 +23,20 @@ from typing import Any, NamedTuple
 
 from ._snapshot import WorkflowSnapshot, printable
 
-__all__ = ["MAX_JSON_TEXT", "SnapshotColumns", "columns_of", "json_text", "plain_json"]
+__all__ = [
+    "MAX_JSON_TEXT",
+    "SnapshotColumns",
+    "columns_of",
+    "json_text",
+    "metadata_text",
+    "plain_json",
+]
 
 #: Longest JSON text a column keeps (characters); a longer rendering is cut and kept as
 #: a JSON string, so a huge question never doubles the size of a save.
 MAX_JSON_TEXT = 64 * 1024
+#: Longest text value kept when metadata is too long to keep whole.
+MAX_METADATA_VALUE = 1024
 _MAX_DEPTH = 100  # as deep as the default serializer stores
 
 
@@ -52,24 +61,55 @@ def columns_of(snapshot: WorkflowSnapshot) -> SnapshotColumns:
         workflow_name=snapshot.workflow_name,
         current_node=snapshot.current_node,
         interrupt=None if interrupt is None else json_text(interrupt),
-        run_metadata=json_text(metadata) if metadata else "{}",
+        run_metadata=metadata_text(metadata) if metadata else "{}",
         expires_at=snapshot.expires_at,
     )
 
 
 def json_text(value: Any) -> str:
-    """``value`` as compact JSON text that every database's JSON type accepts."""
+    """``value`` as compact JSON text that every database's JSON type accepts.
+
+    A rendering longer than MAX_JSON_TEXT is cut and kept as a JSON string.
+    """
+    text = _full_text(value)
+    if len(text) > MAX_JSON_TEXT:
+        text = json.dumps(text[: MAX_JSON_TEXT - 64] + "...", ensure_ascii=False)
+    return text
+
+
+def metadata_text(metadata: Mapping[str, Any]) -> str:
+    """The metadata as a JSON object, always one, so every record can be filtered.
+
+    Metadata too long to keep whole keeps its short scalar values (what filters compare:
+    text up to MAX_METADATA_VALUE characters, numbers, booleans) and leaves out the rest.
+    """
+    text = _full_text(metadata)
+    if len(text) <= MAX_JSON_TEXT:
+        return text
+    kept: dict[str, Any] = {}
+    room = MAX_JSON_TEXT - 2
+    for key, value in _plain(metadata, 0).items():
+        if type(value) is str and len(value) > MAX_METADATA_VALUE:
+            continue
+        if not (value is None or type(value) in (str, int, float, bool)):
+            continue
+        entry = len(json.dumps({key: value}, ensure_ascii=False)) - 1  # plus a comma
+        if entry > room:
+            break
+        kept[key] = value
+        room -= entry
+    return json.dumps(kept, ensure_ascii=False, separators=(",", ":"))
+
+
+def _full_text(value: Any) -> str:
     try:
         text = _encode(value)
     except (TypeError, ValueError, RecursionError):
-        text = _slow_text(value)
-    else:
-        # JSON with NUL or lone surrogates is refused by PostgreSQL's jsonb; the slow path
-        # cleans them. encode() finds surrogates at C speed.
-        if "\\u0000" in text or not _utf8(text):
-            text = _slow_text(value)
-    if len(text) > MAX_JSON_TEXT:
-        text = json.dumps(text[: MAX_JSON_TEXT - 64] + "...", ensure_ascii=False)
+        return _slow_text(value)
+    # JSON with NUL or lone surrogates is refused by PostgreSQL's jsonb; the slow path
+    # cleans them. encode() finds surrogates at C speed.
+    if "\\u0000" in text or not _utf8(text):
+        return _slow_text(value)
     return text
 
 
