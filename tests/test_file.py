@@ -786,17 +786,6 @@ def test_columns_keep_any_text_exactly(store: FilePersistence) -> None:
     assert store.load("w").workflow_name == odd
 
 
-def test_metadata_too_long_to_render_is_listed_as_empty(store: FilePersistence) -> None:
-    store.save(WorkflowSnapshot("big", metadata={"tenant": "acme", "blob": "x" * 70_000}))
-    store.save(WorkflowSnapshot("small", metadata={"tenant": "acme"}))
-    assert sorted((i.workflow_id, i.metadata) for i in store.list()) == [
-        ("big", {}),  # its rendering was cut: the run is listed, its metadata not shown
-        ("small", {"tenant": "acme"}),
-    ]
-    assert ids_of(store.list(metadata={"tenant": "acme"})) == ["small"]
-    assert store.load("big").metadata["tenant"] == "acme"
-
-
 def test_expiry_is_kept_in_utc_in_the_header(store: FilePersistence, directory: Path) -> None:
     expires_at = datetime(2099, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=2)))
     store.save(WorkflowSnapshot("w", expires_at=expires_at))
