@@ -57,7 +57,7 @@ from sqlalchemy import Engine, event
 
 from workflow_persistence import DatabasePersistence
 from workflow_persistence._database import make_engine
-from workflow_persistence._statements import PRUNE_BATCH, timestamp_processors
+from workflow_persistence._statements import PRUNE_BATCH, ListShape, timestamp_processors
 
 KINDS = ["postgresql", "mariadb", "sqlite"]
 TABLE = "workflow_interrupts"
@@ -645,8 +645,9 @@ class PlanReport:
         persistence.list(limit=100)  # compiles the plan, warms
         plan = persistence._plan
         assert plan is not None
-        stmt = plan.list_variants[(False, True)]
-        params = stmt.params({"limit": 100})
+        shape = ListShape(0, 0, 0, 0, before=False, after=False, cursor=False, limited=True)
+        stmt = plan.list_statement(shape)
+        params = stmt.params({"limit": 100, "now": plan.to_db(datetime.now(UTC))})
         listed = interleaved(
             {"list": lambda: persistence.list(limit=100)}, operations=LIST_OPERATIONS
         )["list"]
