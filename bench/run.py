@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import contention
+import handwritten
 import memory
 import persistence
 import repository
@@ -27,6 +28,7 @@ import workflow_persistence
 SECTIONS: list[tuple[str, Callable[[], str]]] = [
     ("Serialization", serializer.run),
     ("DatabasePersistence vs the raw driver", persistence.run),
+    ("DatabasePersistence vs the hand-written statement", handwritten.run),
     ("The repository in a caller's transaction vs the raw driver", repository.run),
     ("Against LangGraph's checkpointers", vs_langgraph.run),
     ("Peak memory of a 64 MiB snapshot", memory.run),
