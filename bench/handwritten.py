@@ -106,7 +106,7 @@ class HandWritten:
             self.cursor.execute(self.select, (workflow_id,), binary=True)
         else:
             self.cursor.execute(self.select, (workflow_id,))
-        snap: WorkflowSnapshot = pickle.loads(self.cursor.fetchone()[0])  # noqa: S301 - own data
+        snap: WorkflowSnapshot = pickle.loads(self.cursor.fetchone()[0])
         return snap
 
     def close(self) -> None:
