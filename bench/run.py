@@ -16,7 +16,9 @@ from collections.abc import Callable
 
 import contention
 import handwritten
+import listing
 import memory
+import migration
 import persistence
 import repository
 import scale
@@ -34,6 +36,8 @@ SECTIONS: list[tuple[str, Callable[[], str]]] = [
     ("Peak memory of a 64 MiB snapshot", memory.run),
     ("Scale: 10^6 records, prune, list", scale.run),
     ("Contention: 2 processes x 4 threads", contention.run),
+    ("List what waits: 10^3 vs 10^6 runs", listing.run),
+    ("Migration to revision 2 on a full table", migration.run_section),
 ]
 
 
