@@ -188,6 +188,7 @@ class Result:
     plan: str
     used: bool
     returned: dict[str, float]  # mean runs listed per call, per contender
+    disk_reads: float | None  # MariaDB: buffer pool misses per list on the big table
 
     def p50(self, rows: int | str) -> float:
         return self.stats[str(rows)].p50_us
@@ -247,13 +248,36 @@ def bench_kind(kind: str, directory: Path) -> Result:
                     counts.append(len(listed))
                 returned[name] = sum(counts) / len(counts)
             plan, used = explain(big_db, big)
-            return Result(kind, stats, sizes, fills, plan, used, returned)
+            reads = buffer_pool_misses(big_db, big) if kind == "mariadb" else None
+            return Result(kind, stats, sizes, fills, plan, used, returned, reads)
         finally:
             small.close()
             big.close()
             for persistence in extra.values():
                 persistence.close()
                 persistence.engine.dispose()
+
+
+def buffer_pool_misses(db: BenchDatabase, persistence: DatabasePersistence) -> float:
+    """InnoDB pages read from disk per list of one tenant on ``db`` (server-wide counter,
+    so other sessions' reads count too: an upper bound)."""
+    conn = raw_connection(db)
+    try:
+        cursor = conn.cursor()
+
+        def reads() -> int:
+            cursor.execute("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_reads'")
+            return int(cursor.fetchone()[1])
+
+        calls = 100
+        before = reads()
+        for number in range(calls):
+            persistence.list(
+                status="interrupted", metadata={"tenant": TENANTS[number % 10]}, limit=LIMIT
+            )
+        return (reads() - before) / calls
+    finally:
+        conn.close()
 
 
 # -- plans -----------------------------------------------------------------------------------
@@ -348,6 +372,11 @@ def run(kinds: list[str] | None = None) -> str:
         " names; ~1 KiB snapshots.",
     ]
     for r in results:
+        if r.disk_reads is not None:
+            parts.append(
+                f"{r.kind}: {r.disk_reads:.1f} InnoDB pages read from disk per list on the"
+                f" {BIG:,}-run table after the timing (buffer pool misses, server-wide)."
+            )
         parts.append(f"### {r.kind}: plan on {BIG:,} runs\n\n{r.plan}")
     return "\n\n".join(parts)
 
