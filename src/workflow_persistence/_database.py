@@ -31,7 +31,7 @@ from sqlalchemy.pool import StaticPool
 from . import _mysql
 from . import _operations as operations
 from ._base import Record, RecordPersistence
-from ._deadlines import WATCHDOG, guard_for, server_bound
+from ._deadlines import WATCHDOG, server_bound
 from ._leases import Lease, Leases, leases_beside
 from ._operations import PRUNE_BATCH, DialectPlan, plan_for
 from ._serializers import Serializer
@@ -285,22 +285,13 @@ class DatabasePersistence(RecordPersistence):
 
     @contextmanager
     def _setup_connection(self, deadline: float) -> Iterator[Connection]:
-        """A connection of the engine for creating the table, cut at the deadline."""
-        with self.engine.connect() as conn:
-            guard = guard_for(conn.connection.dbapi_connection)
-            if guard is None:
+        """A connection for checking or creating the table, within the deadline."""
+        if self._leases.exclusive:
+            with self._leases.connection(deadline, self._bound) as conn:
                 yield conn
-                return
-            WATCHDOG.watch(guard, deadline)
-            try:
+        else:  # in-memory SQLite: its database lives in the app's connection
+            with self.engine.connect() as conn:
                 yield conn
-            except BaseException as exc:
-                if WATCHDOG.unwatch(guard):
-                    raise self._no_answer(write=True) from exc
-                raise
-            finally:
-                WATCHDOG.unwatch(guard)
-                guard.close()
 
     # -- running one statement ----------------------------------------------------------
 

@@ -24,9 +24,11 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.pool import (
@@ -244,6 +246,46 @@ class Leases:
         return isinstance(exc, dialect.loaded_dbapi.Error) and bool(
             dialect.is_disconnect(exc, lease.conn.dbapi_connection, lease.cursor)
         )
+
+    @contextmanager
+    def connection(self, deadline: float, bound: float | None) -> Iterator[Connection]:
+        """A SQLAlchemy Connection on one of the library's connections, in its default
+        transaction mode, for creating the table: opened within the deadline like any
+        lease, and cut by the watchdog at the deadline."""
+        lease = self.acquire(deadline, bound)
+        guard = lease.guard
+        if guard is not None:
+            WATCHDOG.watch(guard, deadline)
+        connection: Connection | None = None
+        try:
+            lease.cursor.close()
+            dbapi_connection = lease.conn.dbapi_connection
+            if dbapi_connection is not None:
+                self.dialect.reset_isolation_level(dbapi_connection)
+            if self.exclusive:
+                lease.conn.info[_POOLED_KEY] = True
+            # An Engine over the library's pool, so that SQLAlchemy, noticing a lost
+            # connection, invalidates the library's pool rather than the app's.
+            engine = Engine(self.pool, self.dialect, self.url)
+            connection = Connection(engine, connection=lease.conn)
+            yield connection
+        except BaseException as exc:
+            if guard is not None and WATCHDOG.unwatch(guard):
+                raise StorageUnavailableError(
+                    f"no answer from the database {self.url!r} within the call's timeout"
+                    " while checking or creating the table (the server or the network"
+                    " stopped responding); the connection was closed"
+                ) from exc
+            raise
+        finally:
+            if guard is not None:
+                WATCHDOG.unwatch(guard)
+                guard.close()
+            if connection is not None:
+                connection.close()
+            else:
+                self._drop(lease, None)
+            self._returned()
 
     # -- returning one ------------------------------------------------------------------
 
