@@ -359,3 +359,36 @@ def test_a_first_call_behind_a_silent_server_ends_within_the_timeout(
         proxy.thaw()
         store.close()
         app.dispose()
+
+
+def _server_sessions(engine: Engine, db_kind: str) -> int:
+    """Sessions the server holds on the test database, besides the one asking."""
+    sql = {
+        "postgresql": "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND backend_type = 'client backend'",
+        "mariadb": "SELECT count(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE()",
+    }[db_kind]
+    admin = sa.create_engine(engine.url, poolclass=sa.NullPool)
+    try:
+        with admin.connect() as conn:
+            return int(conn.exec_driver_sql(sql).scalar_one()) - 1
+    finally:
+        admin.dispose()
+
+
+@pytest.mark.parametrize("db_kind", ["postgresql", "mariadb"])
+def test_disposing_the_engine_closes_the_librarys_connections_too(
+    engine: Engine, db_kind: str
+) -> None:
+    engine.dispose()  # the shared test engine's own idle connections
+    app = sa.create_engine(engine.url)
+    store = DatabasePersistence(app)
+    try:
+        store.save(WorkflowSnapshot("w"))
+        assert _server_sessions(engine, db_kind) >= 1
+        app.dispose()
+        assert _server_sessions(engine, db_kind) == 0
+        assert store.load("w").version == 1  # and the persistence stays usable
+    finally:
+        store.close()
+        app.dispose()

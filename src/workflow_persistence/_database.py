@@ -31,7 +31,7 @@ from sqlalchemy.pool import StaticPool
 from . import _mysql
 from . import _operations as operations
 from ._base import Record, RecordPersistence
-from ._deadlines import WATCHDOG, server_bound
+from ._deadlines import CONNECT_SECONDS, WATCHDOG, server_bound
 from ._leases import Lease, Leases, leases_beside
 from ._operations import PRUNE_BATCH, DialectPlan, plan_for
 from ._serializers import Serializer
@@ -46,7 +46,7 @@ from .models import WorkflowInterrupt, WorkflowInterruptMixin
 __all__ = ["DEFAULT_TIMEOUT_SECONDS", "DatabasePersistence", "make_engine"]
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
-CONNECT_TIMEOUT_SECONDS = 5
+CONNECT_TIMEOUT_SECONDS = CONNECT_SECONDS
 #: PyMySQL reads after the handshake; above InnoDB's default 50 s lock wait.
 MYSQL_READ_TIMEOUT_SECONDS = 60.0
 _POSTGRESQL_KEEPALIVE = {
@@ -187,10 +187,8 @@ class DatabasePersistence(RecordPersistence):
         self._plan: DialectPlan | None = None
         self._init_lock = threading.Lock()
         if self._owns_engine:
-            self._leases = Leases(
-                self.engine.pool, self.engine.dialect, self.engine.url,
-                exclusive=not isinstance(self.engine.pool, StaticPool),
-            )
+            engine = self.engine
+            self._leases = Leases(engine.pool, engine.dialect, engine.url, exclusive=True)
         else:
             self._leases = leases_beside(self.engine)
         #: What the server enforces on the library's sessions (None: not ours to set).
@@ -382,8 +380,8 @@ class DatabasePersistence(RecordPersistence):
         if leases.family == "mysql" and _mysql.is_statement_timeout(exc):
             leases.release(lease, deadline)
             return StorageUnavailableError(
-                f"the database ended the statement at its time limit ({self._bound or 0:g} s,"
-                f" a lock held elsewhere or a slow server), nothing was changed; retry:"
+                "the database stopped the statement at its time limit (a lock held by"
+                " another transaction, or a slow server), nothing was changed; retry:"
                 f" {operations.first_line(exc)}"
             )
         translated, broken = operations.translate_error(

@@ -29,7 +29,11 @@ from typing import Any
 
 from . import _mysql
 
-__all__ = ["WATCHDOG", "Guard", "guard_for", "server_bound", "session_bounds"]
+__all__ = ["CONNECT_SECONDS", "WATCHDOG", "Guard", "guard_for", "server_bound", "session_bounds"]
+
+#: Connecting gives up after this long (or the call's timeout, if shorter): a database
+#: that cannot be reached fails within a few seconds.
+CONNECT_SECONDS = 5
 
 
 def server_bound(timeout: float) -> float:

@@ -20,6 +20,7 @@ connections kept leased would never come back.
 from __future__ import annotations
 
 import builtins
+import math
 import os
 import threading
 import time
@@ -40,7 +41,7 @@ from sqlalchemy.pool import (
     StaticPool,
 )
 
-from ._deadlines import WATCHDOG, Guard, guard_for, session_bounds
+from ._deadlines import CONNECT_SECONDS, WATCHDOG, Guard, guard_for, session_bounds
 from ._operations import first_line
 from .errors import StorageUnavailableError
 
@@ -382,24 +383,28 @@ class Leases:
     # -- pool lifecycle -----------------------------------------------------------------
 
     def renew_pool(self, pool: Pool | None = None) -> None:
-        """Start over on a new pool (``pool``, or a copy of the current one), closing the
-        old pool's idle connections, as ``Engine.dispose()`` does."""
+        """Hand back every idle lease and start over: on a copy of the library's own
+        pool, closing the old one's idle connections (as ``Engine.dispose()`` does), or,
+        on an app's pool the library only borrows, on ``pool``, the Engine's new one."""
         if self.pid != os.getpid():
             return
         self.close()
         old = self.pool
-        self.pool = pool if pool is not None else old.recreate()
-        if old is not self.pool:
+        if self.exclusive:
+            self.pool = old.recreate()
             old.dispose()
+        elif pool is not None:
+            self.pool = pool  # the app disposed the old one as it chose
 
     def after_fork(self, pool: Pool | None = None) -> None:
         """In a forked child: forget the parent's connections without touching them
-        (using one would change the parent's server session, closing one would end it)
-        and draw on a fresh pool (``pool``, or a copy of the current one)."""
+        (using one would change the parent's server session, closing one would end it);
+        the library's own pool is replaced by ``pool`` or a fresh copy."""
         if self.pid == os.getpid():
             return
         abandoned.append((self.idle, self.pool))
-        self.pool = pool if pool is not None else self.pool.recreate()
+        if self.exclusive:
+            self.pool = pool if pool is not None else self.pool.recreate()
         self._fresh_state()
 
 
@@ -452,18 +457,21 @@ def leases_beside(engine: Engine) -> Leases:
 
 def _new_leases_beside(engine: Engine) -> Leases:
     pool = engine.pool
-    if isinstance(pool, StaticPool | SingletonThreadPool):  # in-memory SQLite
-        return Leases(pool, engine.dialect, engine.url, exclusive=False)
-    try:
-        own = pool.recreate()
-    except NotImplementedError:  # a pool class that cannot be copied: use it per call
-        return Leases(pool, engine.dialect, engine.url, exclusive=False)
-    # The leases ping a connection coming back from the pool themselves, within the
-    # call's deadline: SQLAlchemy's pre-ping could wait for ever on a silent server.
-    own._pre_ping = False
-    leases = Leases(own, engine.dialect, engine.url, exclusive=True)
-    event.listen(engine, "do_connect", _bounded_connect)
-    event.listen(engine, "engine_disposed", lambda _engine: leases.renew_pool())
+    own: Pool | None = None
+    if not isinstance(pool, StaticPool | SingletonThreadPool):  # not in-memory SQLite
+        try:
+            own = pool.recreate()
+        except NotImplementedError:  # a pool class that cannot be copied: borrow, per call
+            own = None
+    if own is None:
+        leases = Leases(pool, engine.dialect, engine.url, exclusive=False)
+    else:
+        # The leases ping a connection coming back from the pool themselves, within the
+        # call's deadline: SQLAlchemy's pre-ping could wait for ever on a silent server.
+        own._pre_ping = False
+        leases = Leases(own, engine.dialect, engine.url, exclusive=True)
+        event.listen(engine, "do_connect", _bounded_connect)
+    event.listen(engine, "engine_disposed", lambda disposed: leases.renew_pool(disposed.pool))
     return leases
 
 
@@ -487,19 +495,21 @@ def _bounded_connect(dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -
 
 
 def _connect_bounds(driver: str, cparams: dict[str, Any], budget: float) -> dict[str, Any] | None:
-    """``cparams`` with connecting bounded by ``budget`` seconds, or None if no change."""
+    """``cparams`` with connecting bounded as the library's own engines are (a few
+    seconds, unless the app chose its own limit) and within ``budget`` seconds; None if
+    nothing changes."""
     if driver in ("psycopg", "psycopg2"):
-        seconds = max(2, int(budget + 0.999))  # libpq takes whole seconds, at least 2
         current = cparams.get("connect_timeout")
-        if current is not None and 0 < float(current) <= seconds:
+        limit = min(float(current) if current else CONNECT_SECONDS, budget)
+        seconds = max(2, math.ceil(limit))  # libpq takes whole seconds, at least 2
+        if current and float(current) <= seconds:
             return None
         return {**cparams, "connect_timeout": seconds}
     if driver == "pymysql":
         bounded = dict(cparams)
         for name in ("connect_timeout", "read_timeout"):  # the handshake is read
             current = cparams.get(name)
-            if current is None or float(current) > budget:
-                bounded[name] = budget
+            bounded[name] = min(float(current) if current else CONNECT_SECONDS, budget)
         return bounded
     return None
 
