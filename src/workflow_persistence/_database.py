@@ -191,10 +191,11 @@ class DatabasePersistence(RecordPersistence):
             self._leases = Leases(engine.pool, engine.dialect, engine.url, exclusive=True)
         else:
             self._leases = leases_beside(self.engine)
+        self._leases.attach()
         #: What the server enforces on the library's sessions (None: not ours to set).
         self._bound = server_bound(self.timeout) if self._leases.exclusive else None
         self._finalizer = weakref.finalize(
-            self, _shutdown, self._leases, self.engine if self._owns_engine else None
+            self, _release_all, self._leases, self.engine if self._owns_engine else None
         )
 
     def _after_fork(self) -> None:
@@ -214,8 +215,11 @@ class DatabasePersistence(RecordPersistence):
         The persistence stays usable: a later call opens connections again.
         """
         leases = self._leases
+        if leases.pid != os.getpid():
+            return
         if self._owns_engine:
-            _shutdown(leases, self.engine)
+            leases.close()
+            self.engine.dispose()
             leases.pool = self.engine.pool
         else:
             leases.renew_pool()
@@ -486,12 +490,11 @@ def _prune_batch(lease: Lease, plan: DialectPlan, *, cutoff: datetime, floor: An
     return operations.prune_batch(lease.cursor, plan, cutoff, floor)
 
 
-def _shutdown(leases: Leases, owned_engine: Engine | None) -> None:
-    """Close what a persistence holds: its leases and, if it made it, its engine.
-
-    Leases beside a caller's Engine are shared; they stay for the next persistence.
-    """
-    if owned_engine is None or leases.pid != os.getpid():
+def _release_all(leases: Leases, owned_engine: Engine | None) -> None:
+    """When a persistence is garbage collected: hand back what it holds, and dispose the
+    engine it made. Leases beside a caller's Engine go back when their last user goes."""
+    if leases.pid != os.getpid():
         return
-    leases.close()
-    owned_engine.dispose()
+    leases.detach()
+    if owned_engine is not None:
+        owned_engine.dispose()

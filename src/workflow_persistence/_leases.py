@@ -95,7 +95,24 @@ class Leases:
         self.exclusive = exclusive
         self.capacity = _capacity(pool) if exclusive else None
         self.max_idle = _max_idle(pool, exclusive)
+        self._users = 0
+        self._users_lock = threading.Lock()
         self._fresh_state()
+
+    def attach(self) -> None:
+        """A persistence starts using these leases."""
+        with self._users_lock:
+            self._users += 1
+
+    def detach(self) -> None:
+        """A persistence is gone; when none is left, give the idle leases back, so the
+        pool can close them and nothing keeps a connection checked out for good (which
+        would also keep the Engine alive, through SQLAlchemy's checked-out records)."""
+        with self._users_lock:
+            self._users -= 1
+            last = self._users == 0
+        if last:
+            self.close()
 
     def _fresh_state(self) -> None:
         self.idle: list[tuple[Lease, float]] = []
@@ -105,6 +122,7 @@ class Leases:
         # A StaticPool has one connection for every thread: take turns on it.
         self.serial = threading.Lock() if isinstance(self.pool, StaticPool) else None
         self._sweeping = threading.Lock()
+        self._users_lock = threading.Lock()
         self.pid = os.getpid()
 
     # -- taking a lease -----------------------------------------------------------------
@@ -120,7 +138,7 @@ class Leases:
                 break
             if now - since < IDLE_RETURN_SECONDS:
                 if lease.bound != bound:  # left by a persistence with another timeout
-                    self._set_up(lease, bound, deadline, ping=False)
+                    self._rebind(lease, bound, deadline)
                 return lease
             self.give_back(lease, deadline)
         return self._new_lease(deadline, bound)
@@ -131,7 +149,7 @@ class Leases:
         handed_over = self._wait_for_room(deadline, self.capacity)
         if handed_over is not None:
             if handed_over.bound != bound:
-                self._set_up(handed_over, bound, deadline, ping=False)
+                self._rebind(handed_over, bound, deadline)
             return handed_over
         try:
             return self._checkout(deadline, bound)
@@ -180,6 +198,13 @@ class Leases:
             return lease
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _rebind(self, lease: Lease, bound: float | None, deadline: float) -> None:
+        try:
+            self._set_up(lease, bound, deadline, ping=False)
+        except BaseException:
+            self._returned()  # _set_up dropped the connection
+            raise
+
     def _connect(self, deadline: float) -> PoolProxiedConnection:
         budget = deadline - time.monotonic()
         if budget <= 0:
@@ -216,6 +241,8 @@ class Leases:
                     f"no answer from the database {self.url!r} while setting up a"
                     " connection; the server or the network stopped responding"
                 ) from exc
+            if not isinstance(exc, Exception):  # KeyboardInterrupt and the like
+                raise
             raise StorageUnavailableError(
                 f"cannot set up a connection to {self.url!r}: {first_line(exc)}"
             ) from exc
@@ -258,6 +285,7 @@ class Leases:
         if guard is not None:
             WATCHDOG.watch(guard, deadline)
         connection: Connection | None = None
+        failure: BaseException | None = None
         try:
             lease.cursor.close()
             dbapi_connection = lease.conn.dbapi_connection
@@ -271,22 +299,26 @@ class Leases:
             connection = Connection(engine, connection=lease.conn)
             yield connection
         except BaseException as exc:
-            if guard is not None and WATCHDOG.unwatch(guard):
-                raise StorageUnavailableError(
+            failure = exc
+            raise
+        finally:
+            try:  # still watched: ending the transaction is a round trip too
+                if connection is not None:
+                    connection.close()
+                else:
+                    self._drop(lease, failure)
+            except Exception as exc:
+                lease.conn.invalidate(exc)
+            expired = guard is not None and WATCHDOG.unwatch(guard)
+            if guard is not None:
+                guard.close()
+            self._returned()
+            if expired and failure is not None:
+                raise StorageUnavailableError(  # instead of the driver's error
                     f"no answer from the database {self.url!r} within the call's timeout"
                     " while checking or creating the table (the server or the network"
                     " stopped responding); the connection was closed"
-                ) from exc
-            raise
-        finally:
-            if guard is not None:
-                WATCHDOG.unwatch(guard)
-                guard.close()
-            if connection is not None:
-                connection.close()
-            else:
-                self._drop(lease, None)
-            self._returned()
+                ) from failure
 
     # -- returning one ------------------------------------------------------------------
 
@@ -340,14 +372,11 @@ class Leases:
                 self.dialect.reset_isolation_level(conn.dbapi_connection)
             if self.exclusive:  # a caller's pool pings (or not) as its owner chose
                 conn.info[_POOLED_KEY] = True
-            if guard is not None and WATCHDOG.unwatch(guard):
-                raise StorageUnavailableError("no answer while handing the connection back")
         except Exception as exc:
-            if guard is not None:
-                WATCHDOG.unwatch(guard)
             conn.invalidate(exc)
-        conn.close()  # the pool's reset-on-return runs here: its rollback is not watched
+        conn.close()  # the pool's reset-on-return (a rollback) runs here, still watched
         if guard is not None:
+            WATCHDOG.unwatch(guard)
             guard.close()
         self._returned()
 
@@ -440,7 +469,11 @@ def _max_idle(pool: Pool, exclusive: bool) -> int:
 
 # -- the pools beside callers' Engines ---------------------------------------------------------
 
-_beside: weakref.WeakKeyDictionary[Engine, Leases] = weakref.WeakKeyDictionary()
+#: Where an Engine keeps the leases beside it: on the Engine itself, so they live and
+#: die with it (a registry would keep every Engine alive: the copied pool's
+#: first-connect hook refers back to its Engine).
+_LEASES_ATTRIBUTE = "_workflow_persistence_leases"
+_beside: weakref.WeakSet[Leases] = weakref.WeakSet()  # for the fork hook
 _beside_lock = threading.Lock()
 _connect_budget = threading.local()
 
@@ -448,11 +481,15 @@ _connect_budget = threading.local()
 def leases_beside(engine: Engine) -> Leases:
     """The leases on a caller's Engine, shared by every DatabasePersistence on it, so one
     made per request still finds warm connections."""
-    with _beside_lock:
-        leases = _beside.get(engine)
-        if leases is None:
-            leases = _beside[engine] = _new_leases_beside(engine)
-        return leases
+    leases: Leases | None = getattr(engine, _LEASES_ATTRIBUTE, None)
+    if leases is None:
+        with _beside_lock:
+            leases = getattr(engine, _LEASES_ATTRIBUTE, None)
+            if leases is None:
+                leases = _new_leases_beside(engine)
+                setattr(engine, _LEASES_ATTRIBUTE, leases)
+                _beside.add(leases)
+    return leases
 
 
 def _new_leases_beside(engine: Engine) -> Leases:
@@ -517,7 +554,7 @@ def _connect_bounds(driver: str, cparams: dict[str, Any], budget: float) -> dict
 def _after_fork_in_child() -> None:
     global _beside_lock
     _beside_lock = threading.Lock()
-    for leases in list(_beside.values()):
+    for leases in list(_beside):
         leases.after_fork()
 
 
