@@ -172,7 +172,7 @@ def test_a_save_behind_a_row_lock_gives_up_within_the_timeout(
             with _timed() as elapsed, pytest.raises(StorageUnavailableError) as caught:
                 store.save(WorkflowSnapshot("w", state={"n": 2}))
             print(f"\n{db_kind}/{bind}: a save behind a row lock raised after {elapsed():.2f} s")
-            assert TIMEOUT / 2 <= elapsed() <= TIMEOUT + SLACK
+            assert TIMEOUT / 4 <= elapsed() <= TIMEOUT + SLACK  # it waited, then gave up
             assert caught.value.__cause__ is not None
             assert "nothing was changed" in str(caught.value)
         # Nothing was written, and the persistence goes on once the lock is gone.

@@ -95,8 +95,7 @@ class Leases:
         self.exclusive = exclusive
         self.capacity = _capacity(pool) if exclusive else None
         self.max_idle = _max_idle(pool, exclusive)
-        self._users = 0
-        self._users_lock = threading.Lock()
+        self._users = 0  # persistences using these leases
         self._fresh_state()
 
     def attach(self) -> None:
