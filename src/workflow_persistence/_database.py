@@ -310,12 +310,13 @@ class DatabasePersistence(RecordPersistence):
         an idle session) is retried once on a fresh one; a write is not, because whether
         it reached the server before the connection broke cannot be known.
         """
+        now = time.monotonic()
         if deadline is None:
-            deadline = time.monotonic() + self.timeout
+            deadline = now + self.timeout
         plan = self._plan or self._prepare(deadline)
         serial = self._leases.serial
         if serial is None:
-            return self._run_leased(fn, plan, read_only, deadline)
+            return self._run_leased(fn, plan, read_only, deadline, now)
         # One connection for all threads (in-memory SQLite): take turns.
         if not serial.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise StorageUnavailableError(
@@ -332,9 +333,10 @@ class DatabasePersistence(RecordPersistence):
         plan: DialectPlan,
         read_only: bool,
         deadline: float,
+        now: float | None = None,
     ) -> Any:
         leases = self._leases
-        lease = leases.acquire(deadline, self._bound)
+        lease = leases.acquire(deadline, self._bound, now)
         for attempt in (1, 2):
             guard = lease.guard
             if guard is not None:

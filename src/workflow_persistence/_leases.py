@@ -126,10 +126,14 @@ class Leases:
 
     # -- taking a lease -----------------------------------------------------------------
 
-    def acquire(self, deadline: float, bound: float | None) -> Lease:
-        """A lease set up with ``bound``; connecting or waiting gives up at ``deadline``."""
+    def acquire(self, deadline: float, bound: float | None, now: float | None = None) -> Lease:
+        """A lease set up with ``bound``; connecting or waiting gives up at ``deadline``.
+
+        ``now`` is the caller's ``time.monotonic()``, when it has just read it.
+        """
         idle = self.idle
-        now = time.monotonic()
+        if now is None:
+            now = time.monotonic()
         while idle:
             try:
                 lease, since = idle.pop()
