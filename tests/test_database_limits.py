@@ -392,3 +392,38 @@ def test_disposing_the_engine_closes_the_librarys_connections_too(
     finally:
         store.close()
         app.dispose()
+
+
+@pytest.mark.timeout(120)
+def test_threads_making_their_first_calls_at_once_create_the_table_once(
+    empty_database_url: URL,
+) -> None:
+    """Eight threads, four persistences on one small-pooled Engine, an empty database:
+    the first calls create the table once (the migrations are not run concurrently) and
+    every call goes through, waiting its turn for the library's three connections."""
+    app = sa.create_engine(empty_database_url, pool_size=2, max_overflow=1, pool_timeout=2)
+    stores = [DatabasePersistence(app) for _ in range(4)]
+    barrier = threading.Barrier(8)
+    failures: list[BaseException] = []
+
+    def work(n: int) -> None:
+        store = stores[n % 4]
+        barrier.wait()
+        try:
+            for i in range(40):
+                store.save(WorkflowSnapshot(f"w{n}", state={"i": i}))
+                assert store.load(f"w{n}").state == {"i": i}
+        except BaseException as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert failures == []
+        assert {info.workflow_id for info in stores[0].list()} == {f"w{n}" for n in range(8)}
+    finally:
+        stores[0].close()
+        app.dispose()

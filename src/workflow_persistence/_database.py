@@ -57,6 +57,7 @@ _POSTGRESQL_KEEPALIVE = {
     "tcp_user_timeout": 60_000,  # ms: unacknowledged data this long means the peer is gone
 }
 _DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql"}
+_TABLE_SETUP = threading.Lock()
 
 
 def make_engine(url: str | URL, *, timeout: float | None = None, **options: Any) -> Engine:
@@ -254,6 +255,18 @@ class DatabasePersistence(RecordPersistence):
             self._init_lock.release()
 
     def _ensure_table(self, deadline: float) -> None:
+        # One at a time in a process: Alembic's context is global, so two threads
+        # running the migrations at once break each other.
+        if not _TABLE_SETUP.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise StorageUnavailableError(
+                f"another thread was still creating a table after {self.timeout:g} s; retry"
+            )
+        try:
+            self._ensure_table_once(deadline)
+        finally:
+            _TABLE_SETUP.release()
+
+    def _ensure_table_once(self, deadline: float) -> None:
         try:
             if self._table_exists(deadline):
                 return
@@ -473,6 +486,15 @@ class DatabasePersistence(RecordPersistence):
             total += removed
             if removed < PRUNE_BATCH:
                 return total
+
+
+def _renew_table_setup_lock() -> None:
+    global _TABLE_SETUP
+    _TABLE_SETUP = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_table_setup_lock)
 
 
 def _checked_timeout(timeout: object) -> float:

@@ -20,6 +20,7 @@ connections kept leased would never come back.
 from __future__ import annotations
 
 import builtins
+import collections
 import math
 import os
 import threading
@@ -83,7 +84,7 @@ class Leases:
 
     ``list.append`` and ``list.pop`` are atomic, so a call takes and returns its lease
     without a lock; a lease is only ever used by the thread that popped it. Only
-    opening a connection, and waiting for one, take the lock.
+    opening a connection, and waiting in line for one, take the lock.
     """
 
     def __init__(self, pool: Pool, dialect: Dialect, url: URL, *, exclusive: bool) -> None:
@@ -116,8 +117,9 @@ class Leases:
     def _fresh_state(self) -> None:
         self.idle: list[tuple[Lease, float]] = []
         self.leased = 0  # counted only when the pool has a capacity
-        self.waiting = 0
-        self.available = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._queue: collections.deque[_Waiter] = collections.deque()  # first come first served
+        self.waiting = 0  # len(self._queue), read without the lock on the hot path
         # A StaticPool has one connection for every thread: take turns on it.
         self.serial = threading.Lock() if isinstance(self.pool, StaticPool) else None
         self._sweeping = threading.Lock()
@@ -134,7 +136,7 @@ class Leases:
         idle = self.idle
         if now is None:
             now = time.monotonic()
-        while idle:
+        while idle and not self.waiting:  # threads waiting come first
             try:
                 lease, since = idle.pop()
             except IndexError:
@@ -161,18 +163,26 @@ class Leases:
             raise
 
     def _wait_for_room(self, deadline: float, capacity: int) -> Lease | None:
-        """A lease another thread released, or None once one more may be opened."""
-        with self.available:
+        """A lease another thread released, or None once one more may be opened.
+
+        Threads wait in line: a released lease, or the room a closed one leaves, goes to
+        the longest waiting, so a thread that keeps calling cannot take it back first.
+        """
+        with self._lock:
+            if not self._queue:
+                try:
+                    return self.idle.pop()[0]
+                except IndexError:
+                    pass
+                if self.leased < capacity:
+                    self.leased += 1
+                    return None
+            waiter = _Waiter(self._lock)
+            self._queue.append(waiter)
             self.waiting += 1
+            self._hand_over_idle()  # one may have come back since the look above
             try:
-                while True:
-                    try:
-                        return self.idle.pop()[0]
-                    except IndexError:
-                        pass
-                    if self.leased < capacity:
-                        self.leased += 1
-                        return None
+                while not waiter.served:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise StorageUnavailableError(
@@ -180,9 +190,28 @@ class Leases:
                             " stayed busy until the call's timeout; retry, or give the"
                             " Engine a larger pool_size or max_overflow"
                         )
-                    self.available.wait(remaining)
+                    waiter.ready.wait(remaining)
             finally:
-                self.waiting -= 1
+                if not waiter.served:
+                    self._queue.remove(waiter)
+                    self.waiting -= 1
+            return waiter.lease  # None: room for a new connection was passed on
+
+    def _hand_over_idle(self) -> None:
+        """Give idle leases to the threads waiting in line (the lock is held)."""
+        while self._queue:
+            try:
+                lease = self.idle.pop()[0]
+            except IndexError:
+                return
+            self._serve(lease)
+
+    def _serve(self, lease: Lease | None) -> None:
+        waiter = self._queue.popleft()
+        self.waiting -= 1
+        waiter.lease = lease
+        waiter.served = True
+        waiter.ready.notify()
 
     def _checkout(self, deadline: float, bound: float | None) -> Lease:
         """A connection from the pool, set up; one that went stale in the pool is
@@ -332,8 +361,8 @@ class Leases:
         if len(idle) < self.max_idle or self.waiting:
             idle.append((lease, now))
             if self.waiting:
-                with self.available:
-                    self.available.notify()
+                with self._lock:
+                    self._hand_over_idle()
         else:
             self.give_back(lease, deadline)
         # The stack is used from its top: leases at the bottom can sit idle for good, out
@@ -395,10 +424,13 @@ class Leases:
             lease.guard.close()
 
     def _returned(self) -> None:
+        """A lease is gone: its room goes to the first thread in line, else is freed."""
         if self.capacity is not None:
-            with self.available:
-                self.leased -= 1
-                self.available.notify()
+            with self._lock:
+                if self._queue:
+                    self._serve(None)
+                else:
+                    self.leased -= 1
 
     def close(self) -> None:
         """Give every idle lease back to the pool."""
@@ -438,6 +470,17 @@ class Leases:
         if self.exclusive:
             self.pool = pool if pool is not None else self.pool.recreate()
         self._fresh_state()
+
+
+class _Waiter:
+    """A thread waiting in line for a lease, or for room to open a connection."""
+
+    __slots__ = ("lease", "ready", "served")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.ready = threading.Condition(lock)
+        self.served = False
+        self.lease: Lease | None = None
 
 
 class _Stale(Exception):
