@@ -236,7 +236,10 @@ class DatabasePersistence(RecordPersistence):
 
     # -- preparing ----------------------------------------------------------------------
 
-    def _prepare(self, deadline: float) -> DialectPlan:
+    def _prepare(self, deadline: float | None = None) -> DialectPlan:
+        """First use: the table checked (or created) and the statements compiled."""
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
         if not self._init_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise StorageUnavailableError(
                 f"the table {self.table.name!r} was still being prepared by another thread"
