@@ -10,7 +10,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol, cast, runtime_checkable
 
 from . import _framing
-from ._codec import UnknownClassPolicy, ValueCodec
+from ._codec import (
+    CollidingHashes,
+    NestedTooDeeply,
+    UnknownClassPolicy,
+    ValueCodec,
+    check_max_depth,
+)
 from ._events import Event, StartEvent, StopEvent
 from ._ids import check_workflow_id
 from ._snapshot import SNAPSHOT_STATUSES, Decision, ErrorInfo, SnapshotStatus, WorkflowSnapshot
@@ -21,9 +27,18 @@ __all__ = ["JsonSerializer", "PickleSerializer", "Serializer"]
 _FMT_MSGPACK = b"msgpack"
 _FMT_MSGPACK_ZLIB = b"msgpack+zlib"
 _FMT_PICKLE = b"pickle"
-_ENVELOPE_VERSION = 1
+# 2: values inside values are flat arrays (format 2 of _codec); 1: nested payloads.
+_ENVELOPE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _ENVELOPE_LENGTH = 15
+_FLAT_BODY = b"\x9f\x02"  # a format 2 body starts with its 15-item array and version 2
 _DEFAULT_MAX_DECODED = 1 << 30  # 1 GiB: PostgreSQL's bytea holds no more
+_DEFAULT_MAX_DEPTH = 100
+# A compressed body may inflate at most this much (plus an allowance for small ones), and
+# hold about one container or typed value per compressed byte: an archive of empty
+# containers or short strings could otherwise take thousands of times its size in memory.
+_MAX_INFLATION = 8
+_INFLATION_ALLOWANCE = 64 << 10
 
 
 @runtime_checkable
@@ -49,6 +64,11 @@ class JsonSerializer:
     Bodies of at least ``compress_threshold`` bytes (1 MiB) are zlib-compressed when a
     sample shows it pays (a quarter smaller or better): large snapshots then take about a
     sixth of the storage and network. ``None`` turns compression off.
+
+    Values may nest ``max_depth`` levels below a snapshot's fields (``state['a'][0]`` is
+    two levels down; an object counts one level, its fields one more): deeper values are
+    refused by ``dumps`` and deeper records by ``loads``, so whatever one saves, the other
+    loads, in any thread. Reading never takes memory out of proportion to the record.
     """
 
     def __init__(
@@ -59,10 +79,14 @@ class JsonSerializer:
         compress_threshold: int | None = 1 << 20,
         compress_level: int = 1,
         max_decoded_size: int = _DEFAULT_MAX_DECODED,
+        max_depth: int = _DEFAULT_MAX_DEPTH,
     ) -> None:
         if compress_threshold is not None and compress_threshold < 0:
             raise ValueError("compress_threshold must be a size in bytes or None")
-        self._codec = ValueCodec((Event, StartEvent, StopEvent), unknown_classes=unknown_classes)
+        self.max_depth = check_max_depth(max_depth)
+        self._codec = ValueCodec(
+            (Event, StartEvent, StopEvent), unknown_classes=unknown_classes, max_depth=max_depth
+        )
         self._codec.register(*types)
         self.compress_threshold = compress_threshold
         self.compress_level = compress_level
@@ -80,16 +104,28 @@ class JsonSerializer:
     def dumps(self, snapshot: WorkflowSnapshot) -> bytes:
         row = _envelope(snapshot)
         try:
-            body: bytes = self._codec._pack_nested(row)
+            body, count = self._codec.pack(row, _value_roots(row), self.max_depth)
+        except (NestedTooDeeply, CollidingHashes) as exc:
+            raise self._explain_limit(snapshot, row, exc) from exc
         except Exception as exc:  # a registered class's own code may raise anything
             raise self._explain(snapshot, row, exc) from exc
         threshold = self.compress_threshold
         if threshold is not None and len(body) >= threshold and _compresses_well(body):
             packed = zlib.compress(body, self.compress_level)
-            if len(packed) < len(body):
+            # What loads would refuse as an inflating archive is stored as it is.
+            if len(packed) < len(body) and _fits_inflation(len(body), len(packed), count, row):
                 detail = b"%s:%d" % (_framing.crc_detail(packed), len(body))
                 return _framing.frame(_FMT_MSGPACK_ZLIB, detail, packed)
         return _framing.frame(_FMT_MSGPACK, _framing.crc_detail(body), body)
+
+    def _explain_limit(
+        self, snapshot: WorkflowSnapshot, row: list[Any], exc: BaseException
+    ) -> SerializationError:
+        found = self._codec.find_beyond_limits(_envelope_parts(snapshot, row), self.max_depth)
+        if found is None:
+            return SerializationError(f"cannot serialize the snapshot: {exc}")
+        where, reason = found
+        return SerializationError(f"cannot serialize {where}: {reason}", path=where)
 
     def _explain(
         self, snapshot: WorkflowSnapshot, row: list[Any], exc: BaseException
@@ -105,6 +141,7 @@ class JsonSerializer:
 
     def loads(self, data: bytes) -> WorkflowSnapshot:
         fmt, detail, body = _framing.unframe(data)
+        budget = None
         if fmt == _FMT_MSGPACK:
             _framing.check_crc(detail, body)
             raw: bytes | memoryview = body
@@ -112,6 +149,7 @@ class JsonSerializer:
             crc, _, size = detail.partition(b":")
             _framing.check_crc(crc, body)
             raw = self._decompress(size, body)
+            budget = _value_budget(len(body))
         elif fmt == _FMT_PICKLE:
             raise CorruptSnapshotError(
                 "this record was written by PickleSerializer; load it with"
@@ -123,7 +161,11 @@ class JsonSerializer:
                 " which JsonSerializer does not read"
             )
         try:
-            return _from_row(self._codec.unpack(raw))
+            if raw[:2] == _FLAT_BODY:
+                row = self._codec.unpack(raw, _value_roots, self.max_depth, budget)
+            else:  # written by version 0.1, or damaged
+                row = self._codec.unpack_legacy(raw, _value_roots, self.max_depth, budget)
+            return _from_row(row)
         except CorruptSnapshotError:
             raise
         except Exception as exc:
@@ -136,6 +178,11 @@ class JsonSerializer:
         if size > self.max_decoded_size:
             raise CorruptSnapshotError(
                 f"record claims {size} decoded bytes, more than max_decoded_size"
+            )
+        if size > _inflation_limit(len(body)):
+            raise CorruptSnapshotError(
+                f"record claims {size} decoded bytes from {len(body)} compressed ones, more"
+                f" than {_MAX_INFLATION} times as many, which JsonSerializer never writes"
             )
         inflater = zlib.decompressobj()
         try:
@@ -196,6 +243,42 @@ class PickleSerializer:
         if not isinstance(snapshot, WorkflowSnapshot):
             raise CorruptSnapshotError("signed record does not hold a WorkflowSnapshot")
         return snapshot
+
+
+def _inflation_limit(compressed: int) -> int:
+    return _MAX_INFLATION * compressed + _INFLATION_ALLOWANCE
+
+
+def _value_budget(compressed: int) -> int:
+    """How many containers and typed values a body inflated from ``compressed`` bytes may
+    hold (about 128 bytes of memory each at most)."""
+    return compressed + 4096
+
+
+def _fits_inflation(plain: int, compressed: int, count: int, row: list[Any]) -> bool:
+    """Whether loads accepts ``plain`` bytes compressed to ``compressed``, holding ``count``
+    values below the envelope's fields: each may take a container and a marker."""
+    structure = 64 + 8 * len(row[8])  # the envelope, its fields, the history entries
+    return (
+        plain <= _inflation_limit(compressed)
+        and 2 * count + structure <= _value_budget(compressed)
+    )
+
+
+def _value_roots(row: Any) -> list[Any]:
+    """The values a snapshot's envelope holds (depth 0): its fields, and those of its
+    history entries and error; values nested in them are counted from there."""
+    if type(row) is not list or len(row) != _ENVELOPE_LENGTH:
+        return [row]
+    roots = [*row[1:8], row[9], *row[11:]]
+    for holder in (row[8], row[10]):  # history entries, error
+        if type(holder) is list:
+            for part in holder:
+                if type(part) is list:
+                    roots += part
+                else:
+                    roots.append(part)
+    return roots
 
 
 _SAMPLE = 64 * 1024
@@ -297,7 +380,11 @@ def _envelope_parts(s: WorkflowSnapshot, row: list[Any]) -> Iterator[tuple[str, 
 
 
 def _from_row(row: Any) -> WorkflowSnapshot:
-    if type(row) is not list or len(row) != _ENVELOPE_LENGTH or row[0] != _ENVELOPE_VERSION:
+    if (
+        type(row) is not list
+        or len(row) != _ENVELOPE_LENGTH
+        or row[0] not in _READABLE_VERSIONS
+    ):
         raise CorruptSnapshotError("damaged record: not a snapshot of a known layout")
     (
         _,
