@@ -5,35 +5,44 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-READY := $(VENV)/.installed
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+# Both installs share one venv. The demo needs the runtime only (seconds to install); the
+# tests need the dev extra (drivers, linters, fuzzers, benchmark peers), which includes the
+# runtime, so installing it also satisfies the runtime's marker.
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
 
 .PHONY: demo test lint typecheck pytest services bench clean
 
-$(READY): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(READY)
 
-demo: $(READY)
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet -e .
+	touch $(RUNTIME)
+
+$(DEV): pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet -e '.[dev]'
+	touch $(DEV) $(RUNTIME)
+
+demo: $(RUNTIME)
 	$(BIN)/workflow-persistence demo
 
-test: $(READY) services lint typecheck pytest
+test: $(DEV) services lint typecheck pytest
 
 services:
 	.ci/services
 
-lint: $(READY)
+lint: $(DEV)
 	$(BIN)/ruff check src tests migrations examples bench
 
-typecheck: $(READY)
+typecheck: $(DEV)
 	$(BIN)/mypy
 
-pytest: $(READY) services
+pytest: $(DEV) services
 	$(BIN)/pytest
 
-bench: $(READY) services
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
+bench: $(DEV) services
 	cd bench && ../$(BIN)/python run.py
 
 clean:

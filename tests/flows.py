@@ -18,7 +18,7 @@ from workflow_persistence import (
     interrupt,
 )
 
-# -- the example of API.md -------------------------------------------------------------------
+# -- the example of the README -------------------------------------------------------------------
 
 @dataclass
 class Drafted(Event):

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import enum
+import importlib.metadata
 import json
 import os
+import secrets
+import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -20,7 +24,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 from workflow_persistence import (
     DatabasePersistence,
@@ -34,6 +38,7 @@ from workflow_persistence._database import make_engine
 from workflow_persistence.cli import format_age, parse_age
 from workflow_persistence.migrations import URL_ENV_VAR, VERSION_TABLE, upgrade
 
+from .conftest import Server
 from .samples import rich_snapshot, serializer
 
 SCRIPT = Path(sys.executable).with_name("workflow-persistence")
@@ -229,7 +234,10 @@ def test_list_older_than(url: str) -> None:
     ]
     older = json.loads(ok("list", "--older-than", "1w", "--json", "--url", url))
     assert [r["workflow_id"] for r in older] == ["ancient"]
-    assert ok("list", "--older-than", "100000d", "--url", url).strip() == "no stored workflows"
+    # Three are stored: none is older, which is not "no stored workflows".
+    assert ok("list", "--older-than", "100000d", "--url", url).strip() == (
+        "no stored workflows not updated for 100000d"
+    )
 
 
 def test_list_shows_one_line_per_workflow_whatever_its_id(sqlite_url: str) -> None:
@@ -239,6 +247,17 @@ def test_list_shows_one_line_per_workflow_whatever_its_id(sqlite_url: str) -> No
     assert len(table) == 1 + len(odd)
     assert any(line.startswith("Grüße 🚀 ") for line in table)
     assert sorted(stored_ids(sqlite_url)) == sorted(odd)  # JSON keeps them exactly
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]], ids=["table", "json"])
+def test_list_limit_zero_is_refused_not_reported_as_empty(
+    sqlite_url: str, json_flag: list[str]
+) -> None:
+    save(sqlite_url, WorkflowSnapshot("stored"))
+    line = fails("list", "--limit", "0", *json_flag, "--url", sqlite_url)
+    assert "--limit" in line and "at least 1" in line
+    assert "no stored workflows" not in line
+    assert stored_ids(sqlite_url) == ["stored"]
 
 
 # -- show -----------------------------------------------------------------------------------
@@ -411,6 +430,145 @@ def test_bad_age_fails_in_one_line(sqlite_url: str, command: str, bad_age: str) 
 )
 def test_usage_errors_fail_in_one_line(sqlite_url: str, args: list[str]) -> None:
     fails(*args, "--url", sqlite_url)
+
+
+# -- a server that refuses the login or has no such database --------------------------------------
+
+
+@pytest.fixture
+def mariadb_user(servers: dict[str, Server], new_database_url: Any) -> Iterator[URL]:
+    """A MariaDB account with a password, allowed on a scratch database; dropped after."""
+    database = new_database_url("mariadb")
+    server = servers["mariadb"]
+    user, password = f"wfp_cli_{secrets.token_hex(4)}", secrets.token_hex(8)
+    admin = sa.create_engine(server.admin_url, poolclass=sa.NullPool)
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'"))
+            conn.execute(sa.text(f"GRANT ALL ON {database.database}.* TO '{user}'@'%'"))
+        yield database.set(username=user, password=password)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP USER IF EXISTS '{user}'@'%'"))
+        admin.dispose()
+
+
+def test_a_wrong_mariadb_password_is_named_as_such(mariadb_user: URL) -> None:
+    ok("migrate", "--url", as_text(mariadb_user))  # the account is real and may use the database
+    wrong = as_text(mariadb_user.set(password="not-" + str(mariadb_user.password)))
+    for command in (["migrate"], ["list"], ["show", "w"], ["prune", "--older-than", "1d"]):
+        line = fails(*command, "--url", wrong)
+        assert "authentication failed" in line, line
+        assert "cannot reach" not in line and "cannot connect" not in line, line
+        assert "password" in line
+
+
+def test_a_missing_mariadb_database_is_named_as_such(servers: dict[str, Server]) -> None:
+    missing = as_text(servers["mariadb"].admin_url.set(database="wfp_no_such_database"))
+    for command in (["migrate"], ["list"]):
+        line = fails(*command, "--url", missing)
+        assert "database does not exist" in line and "wfp_no_such_database" in line, line
+        assert "cannot reach" not in line and "cannot connect" not in line, line
+
+
+def test_a_missing_postgresql_database_or_role_is_named_as_such(
+    servers: dict[str, Server],
+) -> None:
+    admin = servers["postgresql"].admin_url
+    missing_database = as_text(admin.set(database="wfp_no_such_database"))
+    missing_role = as_text(admin.set(username="wfp_no_such_role"))
+    for command in (["migrate"], ["list"], ["delete", "w"]):
+        line = fails(*command, "--url", missing_database)
+        assert "database does not exist" in line and "wfp_no_such_database" in line, line
+        assert "cannot reach" not in line and "cannot connect" not in line, line
+        line = fails(*command, "--url", missing_role)
+        assert "authentication failed" in line and "wfp_no_such_role" in line, line
+    line = fails("list", "--url", as_text(admin.set(port=1)))  # no server there at all
+    assert "cannot connect" in line and "authentication" not in line
+
+
+# -- version, and --url on either side of the command -------------------------------------------
+
+
+def test_version_comes_from_the_installed_package() -> None:
+    installed = importlib.metadata.version("workflow-persistence")
+    assert ok("--version") == f"workflow-persistence {installed}\n"
+
+
+def test_url_is_taken_before_or_after_the_command(tmp_path: Path) -> None:
+    first, second = (f"sqlite:///{tmp_path / name}" for name in ("first.db", "second.db"))
+    for url, workflow_id in ((first, "in-first"), (second, "in-second")):
+        upgrade(url)
+        save(url, WorkflowSnapshot(workflow_id))
+    unreachable = {URL_ENV_VAR: "postgresql://postgres@127.0.0.1:1/x"}
+
+    assert "in-first" in ok("--url", first, "list", env=unreachable)
+    assert "in-first" in ok("list", "--url", first, env=unreachable)
+    both = ok("--url", first, "list", "--url", second, env=unreachable)
+    assert "in-second" in both and "in-first" not in both  # the later one wins
+    assert json.loads(ok("--url", second, "show", "in-second"))["workflow_id"] == "in-second"
+    assert "in-first" in ok("--url", first, "delete", "in-first")
+    assert stored_ids(first) == [] and stored_ids(second) == ["in-second"]
+
+
+# -- the demo -----------------------------------------------------------------------------------
+
+
+def suggested_commands(demo_output: str) -> list[list[str]]:
+    """The commands the demo's closing hint tells the user to type."""
+    lines = demo_output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Next:"))
+    return [
+        shlex.split(line)
+        for line in lines[start + 1 :]
+        if line.startswith("   ") and not line.strip().startswith("(")
+    ]
+
+
+def run_suggested(
+    command: list[str], cwd: Path, env: dict[str, str] | None
+) -> subprocess.CompletedProcess[str]:
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != URL_ENV_VAR}
+    return subprocess.run(
+        command, capture_output=True, text=True, cwd=cwd, env=env, timeout=TIMEOUT, check=False
+    )
+
+
+def check_the_hint_works(output: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+    """Type the demo's closing commands as printed: they find its waiting run, then end it."""
+    listing, showing, answering = suggested_commands(output)
+    assert "list" in listing and "show" in showing and "--resume" in answering
+    listed = run_suggested(listing, cwd, env)
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == ["demo-refund-waiting"]
+
+    shown = run_suggested(showing, cwd, env)
+    assert shown.returncode == 0, shown.stderr
+    snapshot = json.loads(shown.stdout)
+    assert snapshot["status"] == "interrupted"
+    assert "240.00 EUR" in snapshot["interrupt"]["question"]
+
+    answered = run_suggested(answering, cwd, env)
+    assert answered.returncode == 0, answered.stderr
+    assert "completed" in answered.stdout and "declined" in answered.stdout
+    assert run_suggested(listing, cwd, env).stdout.strip() == "no stored workflows"
+
+
+def test_the_demo_leaves_a_waiting_run_for_the_commands_it_suggests(tmp_path: Path) -> None:
+    ok("demo", cwd=tmp_path)
+    again = ok("demo", cwd=tmp_path)  # replaces the waiting run, never piles them up
+    assert "--url" not in again  # the default database: the commands find it on their own
+    check_the_hint_works(again, tmp_path)
+
+
+def test_the_demo_suggests_the_url_it_used(url: str, tmp_path: Path) -> None:
+    output = ok("demo", "--url", url, cwd=tmp_path)
+    for command in suggested_commands(output):
+        assert command[command.index("--url") + 1] == make_url(url).render_as_string()
+    if make_url(url).password is None:
+        check_the_hint_works(output, tmp_path)
+    assert os.listdir(tmp_path) == []  # nothing went to a local SQLite file
 
 
 # -- the default URL ----------------------------------------------------------------------------

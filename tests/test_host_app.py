@@ -1,15 +1,17 @@
 """A host application with its own declarative Base and its own Alembic environment.
 
-The host (``tests/hostapp/models.py``) has its ``users`` table and a snapshot table of its
+The host (``tests/hostapp/models.py``) has its ``users`` table and snapshot tables of its
 own built on ``WorkflowInterruptMixin``. Its Alembic environment, generated in a temporary
 folder, adds the library's ``versions_dir()`` to ``version_locations`` (with
-``path_separator = newline``) and runs ``upgrade heads`` on each real database.
+``path_separator = newline``) and runs ``upgrade heads`` on each real database; its own
+revisions carry the branch label ``app``, as the README shows.
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +44,7 @@ from .hostapp.support import (
     TABLE,
     alembic,
     connected,
+    run,
     schema_diff,
     table_names,
     url_text,
@@ -49,7 +52,11 @@ from .hostapp.support import (
 )
 
 REVISION = "wfp_0001"
+#: The console script installed next to the interpreter running the tests.
+CLI = Path(sys.executable).with_name("workflow-persistence")
 HOST_VERSION_TABLE = "alembic_version"
+HOST_BRANCH = "app"
+HOST_TABLES = {"users", "host_interrupts", "host_archived_interrupts"}
 
 HOST_ENV = '''\
 """The host app's Alembic environment: its own models, its own version table."""
@@ -70,7 +77,10 @@ options = context.get_x_argument(as_dictionary=True)
 url = options.get("url") or config.attributes["url"]
 target = options.get("target", "hook")
 
-hooks: dict[str, Any] = {"render_item": wfp_migrations.render_item}
+hooks: dict[str, Any] = {
+    "render_item": wfp_migrations.render_item,
+    "process_revision_directives": wfp_migrations.process_revision_directives,
+}
 target_metadata: Any = HostBase.metadata
 if target == "hook":  # the README's way: the library's tables are not the host's business
     hooks["include_name"] = wfp_migrations.include_name
@@ -122,6 +132,8 @@ def host_ini(root: Path, *, version_locations: bool = True) -> Path:
         "script_location = %(here)s/migrations",
         f"prepend_sys_path = {REPO_ROOT}",
         "path_separator = newline",
+        # env.py runs for every `alembic revision`, so its hooks apply without --autogenerate.
+        "revision_environment = true",
     ]
     if version_locations:
         lines += [
@@ -144,6 +156,15 @@ def make_host_project(root: Path, *, version_locations: bool = True) -> Path:
 
 def our_revision_files() -> list[str]:
     return sorted(p for p in os.listdir(migrations.versions_dir()) if p.endswith(".py"))
+
+
+@pytest.fixture
+def our_folder_untouched() -> Iterator[list[str]]:
+    """The library's revision files; any a test wrongly writes there are removed after it."""
+    before = our_revision_files()
+    yield before
+    for stray in set(our_revision_files()) - set(before):
+        (Path(migrations.versions_dir()) / stray).unlink()
 
 
 def function_source(path: Path, name: str) -> str:
@@ -197,8 +218,8 @@ def host(
     """A host app's Alembic project, driven through the real command line:
 
     ``upgrade heads`` (only the library's branch exists yet), then the host's first
-    revision with ``--autogenerate --head=base --version-path=<its folder>``, then
-    ``upgrade heads`` again.
+    revision with ``--autogenerate --head=base --branch-label=app
+    --version-path=<its folder>``, then ``upgrade heads`` again.
     """
     kind = str(request.param)
     url = new_database_url(kind)
@@ -216,7 +237,7 @@ def host(
     ours_before = our_revision_files()
     cli(
         "revision", "--autogenerate", "-m", "create users",
-        "--head=base", f"--version-path={host_versions}",
+        "--head=base", f"--branch-label={HOST_BRANCH}", f"--version-path={host_versions}",
     )
     ours_after = our_revision_files()
     made = sorted(host_versions.glob("*.py"))
@@ -245,7 +266,7 @@ def test_the_library_heads_are_found_through_version_locations(host: HostProject
 
 
 def test_upgrade_heads_creates_both_tables(host: HostProject) -> None:
-    assert host.tables_after_host == {"users", "host_interrupts", TABLE, HOST_VERSION_TABLE}
+    assert host.tables_after_host == {*HOST_TABLES, TABLE, HOST_VERSION_TABLE}
     # The host's version table tracks both branches; the standalone one is never made.
     script = ScriptDirectory.from_config(Config(str(host.ini)))
     (host_revision,) = set(script.get_heads()) - {REVISION}
@@ -269,13 +290,27 @@ def test_the_host_first_revision_lands_in_the_host_folder(host: HostProject) -> 
     assert sorted(script.get_bases()) == sorted(script.get_heads())  # two independent roots
     assert len(script.get_heads()) == 2
     assert REVISION in script.get_heads()
+    host_head = script.get_revision(f"{HOST_BRANCH}@head")
+    assert host_head is not None
+    assert Path(host_head.path) == host.revision_file
     text = host.revision_file.read_text(encoding="utf-8")
     assert "down_revision = None" in text
-    assert "import workflow_persistence._types" in text  # render_item added the import
+    assert f"branch_labels = ('{HOST_BRANCH}',)" in text
     upgrade = function_source(host.revision_file, "upgrade")
     assert "op.create_table('users'" in upgrade
     assert "op.create_table('host_interrupts'" in upgrade
     assert "drop_" not in upgrade
+    # The mixin's table names the library's public types, and imports them.
+    assert "import workflow_persistence.types\n" in text
+    assert "workflow_persistence.types.WorkflowIdType(length=255)" in upgrade
+    assert "workflow_persistence.types.UTCDateTime(timezone=True)" in upgrade
+    assert "workflow_persistence._" not in text  # no private module
+    # A table given its own __table_args__ dict keeps the mixin's index.
+    assert "op.create_table('host_archived_interrupts'" in upgrade
+    assert (
+        "op.create_index('ix_host_archived_interrupts_updated_at', 'host_archived_interrupts',"
+        " ['updated_at'], unique=False)"
+    ) in upgrade
     assert TABLE not in text
     assert migrations.VERSION_TABLE not in text
 
@@ -343,6 +378,158 @@ def test_the_host_table_from_its_own_revision_works(host: HostProject) -> None:
             connection.execute(sa.delete(HostInterrupt))
     finally:
         engine.dispose()
+
+
+# -- the library made its tables first: `migrate` or a first use, then the host's Alembic ---
+
+
+@dataclass
+class LibraryFirst:
+    kind: str
+    how: str
+    url: URL
+    root: Path
+    ini: Path
+    tables_before_host: set[str]
+
+    def alembic(self, *args: str, expect_ok: bool = True) -> Any:
+        return alembic(
+            "-x", f"url={url_text(self.url)}", *args,
+            cwd=self.root, config=self.ini, expect_ok=expect_ok,
+        )
+
+
+LIBRARY_FIRST = [(kind, how) for kind in DATABASES for how in ("migrate", "first-use")]
+
+
+@pytest.fixture(scope="module", params=LIBRARY_FIRST, ids=["-".join(p) for p in LIBRARY_FIRST])
+def library_first(
+    request: pytest.FixtureRequest,
+    new_database_url: Callable[[str], URL],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> LibraryFirst:
+    """The library's tables exist before the host's Alembic first runs.
+
+    ``migrate``: ``workflow-persistence migrate`` keeps the library's tables, the host's
+    version_locations hold only its own folder. ``first-use``: ``DatabasePersistence`` made
+    them, and the host, set up as the README shows, adopts the library's branch with
+    ``stamp workflow_persistence@head``. Either way the host then makes its first revision
+    and runs ``upgrade heads``.
+    """
+    kind, how = request.param
+    url = new_database_url(kind)
+    root = tmp_path_factory.mktemp(f"library-first-{kind}-{how}")
+    tracks_ours = how == "first-use"
+    ini = make_host_project(root, version_locations=tracks_ours)
+    if how == "migrate":
+        run([CLI, "migrate", "--url", url_text(url)], cwd=root)
+    else:
+        with DatabasePersistence(url) as persistence:
+            persistence.save(WorkflowSnapshot(f"first-{kind}", state={"n": 1}))
+    project = LibraryFirst(kind, how, url, root, ini, table_names(url))
+    if tracks_ours:
+        project.alembic("stamp", f"{migrations.BRANCH}@head")
+    project.alembic(
+        "revision", "--autogenerate", "-m", "create users",
+        "--head=base", f"--branch-label={HOST_BRANCH}",
+        f"--version-path={root / 'migrations' / 'versions'}",
+    )
+    project.alembic("upgrade", "heads")
+    return project
+
+
+@pytest.mark.parametrize("target", ["list", "hook"])
+def test_alembic_check_after_the_library_made_its_tables(
+    library_first: LibraryFirst, target: str
+) -> None:
+    # Both library tables are there, its version table included, next to the host's.
+    assert library_first.tables_before_host == {TABLE, migrations.VERSION_TABLE}
+    assert table_names(library_first.url) == {
+        *HOST_TABLES, TABLE, migrations.VERSION_TABLE, HOST_VERSION_TABLE
+    }
+    done = library_first.alembic("-x", f"target={target}", "check")
+    assert "No new upgrade operations detected" in done.stdout + done.stderr
+
+
+def test_compare_metadata_after_the_library_made_its_tables(library_first: LibraryFirst) -> None:
+    with connected(library_first.url) as connection:
+        both = [HostBase.metadata, workflow_persistence.metadata]
+        assert schema_diff(connection, both, version_table=HOST_VERSION_TABLE) == []
+        hooked = schema_diff(
+            connection,
+            HostBase.metadata,
+            version_table=HOST_VERSION_TABLE,
+            include_name=migrations.include_name,
+        )
+        assert hooked == []
+        # Only a host that lists the library's metadata owns its version table: one that
+        # lists neither still hears about both tables, as about any table it doesn't know.
+        bare = schema_diff(connection, HostBase.metadata, version_table=HOST_VERSION_TABLE)
+        dropped = {d[1].name for d in bare if d[0] == "remove_table"}
+        assert dropped == {TABLE, migrations.VERSION_TABLE}
+    assert version_rows(library_first.url) == [REVISION]  # the library's own record stays
+
+
+# -- where the host's next revisions go ------------------------------------------------------
+
+
+def host_cli(url: URL, root: Path, ini: Path) -> Callable[..., Any]:
+    def cli(*args: str) -> Any:
+        return alembic("-x", f"url={url_text(url)}", *args, cwd=root, config=ini)
+
+    return cli
+
+
+def test_the_branch_label_keeps_every_host_revision_in_its_folder(
+    new_database_url: Callable[[str], URL], tmp_path: Path, our_folder_untouched: list[str]
+) -> None:
+    """The README's steps: the first revision starts the ``app`` branch in the host's
+    folder, later ones go on ``app@head``; even a plain ``alembic revision`` then does."""
+    url = new_database_url("sqlite")
+    ini = make_host_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    cli = host_cli(url, tmp_path, ini)
+    cli("upgrade", "heads")
+    cli(
+        "revision", "--autogenerate", "-m", "create users",
+        "--head=base", f"--branch-label={HOST_BRANCH}", f"--version-path={versions}",
+    )
+    cli("upgrade", "heads")
+    cli("revision", "--autogenerate", "-m", "second", f"--head={HOST_BRANCH}@head")
+    cli("upgrade", "heads")
+    cli("revision", "--autogenerate", "-m", "third")  # no --head: not "Multiple heads"
+    cli("revision", "-m", "fourth")  # nor without --autogenerate
+    cli("upgrade", "heads")
+
+    script = ScriptDirectory.from_config(Config(str(ini)))
+    chain = list(script.iterate_revisions(f"{HOST_BRANCH}@head", "base"))
+    assert [r.doc for r in chain] == ["fourth", "third", "second", "create users"]
+    assert {Path(r.path).parent for r in chain} == {versions}
+    assert sorted(script.get_heads()) == sorted([REVISION, chain[0].revision])
+    assert our_revision_files() == our_folder_untouched
+    current = cli("current").stdout.splitlines()
+    assert sorted(current) == sorted([f"{REVISION} (head)", f"{chain[0].revision} (head)"])
+
+
+def test_a_plain_first_revision_starts_the_host_branch_in_its_folder(
+    new_database_url: Callable[[str], URL], tmp_path: Path, our_folder_untouched: list[str]
+) -> None:
+    """Without --head and --version-path, Alembic would build on ``wfp_0001`` and write
+    next to it, into the library's folder; the hook starts a branch of the host's own."""
+    url = new_database_url("sqlite")
+    ini = make_host_project(tmp_path)
+    versions = tmp_path / "migrations" / "versions"
+    cli = host_cli(url, tmp_path, ini)
+    cli("upgrade", "heads")
+    cli("revision", "--autogenerate", "-m", "create users")
+    assert our_revision_files() == our_folder_untouched
+    (made,) = versions.glob("*.py")
+    assert "down_revision = None" in made.read_text(encoding="utf-8")
+    cli("upgrade", "heads")
+    assert table_names(url) == {*HOST_TABLES, TABLE, HOST_VERSION_TABLE}
+    script = ScriptDirectory.from_config(Config(str(ini)))
+    assert len(script.get_heads()) == 2
+    assert set(script.get_bases()) == set(script.get_heads())
 
 
 # -- version_locations set in code --------------------------------------------------------
@@ -420,18 +607,37 @@ def schema_name(
         yield "hostapp", options
 
 
+def only_the_scoped_table(schema: str) -> Callable[[str | None, str, Any], bool]:
+    """An include_name that compares ``scoped_interrupts`` in ``schema`` and nothing else."""
+
+    def include(name: str | None, type_: str, parents: Any) -> bool:
+        if type_ == "schema":
+            return name == schema
+        if type_ == "table":
+            return name == "scoped_interrupts"
+        return bool(parents.get("table_name") == "scoped_interrupts")
+
+    return include
+
+
+@pytest.mark.parametrize("style", ["dict", "table_args"])
 def test_mixin_table_args_keep_the_index_in_a_schema(
-    empty_database_url: URL, schema_name: tuple[str, dict[str, Any]]
+    empty_database_url: URL, schema_name: tuple[str, dict[str, Any]], style: str
 ) -> None:
+    """``__table_args__ = {"schema": ...}`` (the host's own dict) or the helper: the
+    ``updated_at`` index is there either way, in the model, the database and Alembic's eyes."""
     schema, options = schema_name
+    table_options = {"schema": schema, "comment": "host snapshots"}
 
     class SchemaBase(DeclarativeBase):
         pass
 
     class Scoped(WorkflowInterruptMixin, SchemaBase):
         __tablename__ = "scoped_interrupts"
-        __table_args__ = WorkflowInterruptMixin.table_args(
-            "scoped_interrupts", schema=schema, comment="host snapshots"
+        __table_args__ = (
+            table_options
+            if style == "dict"
+            else WorkflowInterruptMixin.table_args("scoped_interrupts", **table_options)
         )
 
     table = Scoped.__table__
@@ -453,6 +659,15 @@ def test_mixin_table_args_keep_the_index_in_a_schema(
         assert [(i["name"], i["column_names"]) for i in indexes] == [
             ("ix_scoped_interrupts_updated_at", ["updated_at"])
         ]
+        with engine.connect() as connection:
+            diff = schema_diff(
+                connection,
+                SchemaBase.metadata,
+                version_table=HOST_VERSION_TABLE,
+                include_schemas=True,
+                include_name=only_the_scoped_table(schema),
+            )
+        assert diff == []
         with Session(engine) as session, session.begin():
             repository = WorkflowInterruptRepository(session, model=Scoped)
             assert repository.upsert("run-1", b"in a schema") == 1
@@ -463,3 +678,105 @@ def test_mixin_table_args_keep_the_index_in_a_schema(
             assert (row.data, row.version) == (b"in a schema, again", 2)
     finally:
         engine.dispose()
+
+
+def table_of(model: type[Any]) -> sa.Table:
+    table = model.__table__
+    assert isinstance(table, sa.Table)
+    return table
+
+
+def index_columns(model: type[Any]) -> list[tuple[str | None, list[str]]]:
+    return sorted((i.name, [c.name for c in i.columns]) for i in table_of(model).indexes)
+
+
+def test_the_mixin_index_survives_whatever_table_args_the_host_gives() -> None:
+    class OwnBase(DeclarativeBase):
+        pass
+
+    class Plain(WorkflowInterruptMixin, OwnBase):
+        __tablename__ = "plain"
+
+    class AsDict(WorkflowInterruptMixin, OwnBase):
+        __tablename__ = "as_dict"
+        __table_args__ = {"schema": "app", "comment": "c"}  # noqa: RUF012
+
+    class AsTuple(WorkflowInterruptMixin, OwnBase):
+        __tablename__ = "as_tuple"
+        __table_args__ = (sa.UniqueConstraint("version", "workflow_id"), {"schema": "app"})
+
+    class ViaHelper(WorkflowInterruptMixin, OwnBase):
+        __tablename__ = "via_helper"
+        __table_args__ = WorkflowInterruptMixin.table_args("via_helper", schema="app")
+
+    class OwnIndex(WorkflowInterruptMixin, OwnBase):
+        """The host indexes updated_at itself: no second index on the same column."""
+
+        __tablename__ = "own_index"
+        __table_args__ = (sa.Index("recent_first", sa.text("updated_at DESC")),
+                          sa.Index("by_update", "updated_at"))
+
+    for model in (Plain, AsDict, AsTuple, ViaHelper):
+        name = table_of(model).name
+        assert index_columns(model) == [(f"ix_{name}_updated_at", ["updated_at"])], name
+    assert table_of(AsDict).schema == table_of(AsTuple).schema == "app"
+    assert table_of(AsDict).comment == "c"
+    unique = [c for c in table_of(AsTuple).constraints if isinstance(c, sa.UniqueConstraint)]
+    assert [[c.name for c in u.columns] for u in unique] == [["version", "workflow_id"]]
+    assert index_columns(OwnIndex) == [("by_update", ["updated_at"]), ("recent_first", [])]
+
+
+def test_the_mixin_index_on_other_declarative_styles() -> None:
+    legacy = sa.orm.declarative_base()
+    registry = sa.orm.registry()
+
+    class Legacy(WorkflowInterruptMixin, legacy):  # type: ignore[valid-type,misc]
+        __tablename__ = "legacy"
+        __table_args__ = {"schema": "app"}  # noqa: RUF012
+
+    @registry.mapped
+    class Decorated(WorkflowInterruptMixin):
+        __tablename__ = "decorated"
+        __table_args__ = {"schema": "app"}  # noqa: RUF012
+
+    class Single(Legacy):
+        """Single-table inheritance shares the parent's table and index."""
+
+    assert index_columns(Legacy) == [("ix_legacy_updated_at", ["updated_at"])]
+    assert index_columns(Decorated) == [("ix_decorated_updated_at", ["updated_at"])]
+    assert table_of(Single) is table_of(Legacy)
+    assert index_columns(Single) == [("ix_legacy_updated_at", ["updated_at"])]
+
+
+# -- the column types are public ------------------------------------------------------------
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_the_column_types_are_public() -> None:
+    from workflow_persistence import _types, types
+
+    assert set(types.__all__) == {"BinaryData", "UTCDateTime", "WorkflowIdType"}
+    for name in types.__all__:  # revisions generated before still import the old module
+        assert getattr(_types, name) is getattr(types, name)
+    assert types.WorkflowIdType.__module__ == types.UTCDateTime.__module__ == types.__name__
+    columns = workflow_persistence.WorkflowInterrupt.__table__.c
+    assert isinstance(columns.workflow_id.type, types.WorkflowIdType)
+    assert isinstance(columns.created_at.type, types.UTCDateTime)
+    assert isinstance(columns.updated_at.type, types.UTCDateTime)
+    assert repr(columns.data.type) == repr(types.BinaryData)
+    # The packaged revisions import the public module, never a private one.
+    revisions = sorted(Path(migrations.versions_dir()).glob("*.py"))
+    assert revisions
+    for revision in revisions:
+        ours = {m for m in imported_modules(revision) if m.startswith("workflow_persistence")}
+        assert ours == {"workflow_persistence.types"}, revision.name

@@ -1,4 +1,4 @@
-"""The workflow runtime (API.md section 6), on every backend."""
+"""The workflow runtime (the README's runtime section), on every backend."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-# -- the API.md example ------------------------------------------------------------------------
+# -- the README example ------------------------------------------------------------------------
 
 
 def test_api_example(store: Persistence) -> None:

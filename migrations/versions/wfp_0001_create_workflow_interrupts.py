@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import context, op
 
-from workflow_persistence._types import BinaryData, UTCDateTime, WorkflowIdType
+from workflow_persistence.types import BinaryData, UTCDateTime, WorkflowIdType
 
 revision: str = "wfp_0001"
 down_revision: str | None = None

@@ -26,6 +26,8 @@ unpacked: a container at depth ``n`` holds its items at depth ``n + 1``; an inst
 registered class counts as one level, its fields sitting one level below it.
 
 ``bytearray`` and ``memoryview`` come back as ``bytes`` (MessagePack has one binary type).
+``collections.deque`` (with its ``maxlen``), ``array.array`` and time zones
+(``zoneinfo.ZoneInfo`` by key, ``datetime.timezone``) are values of their own.
 
 Classes are rebuilt only when registered with the codec. A class named in stored data that
 is not registered is never imported: decoding raises CorruptSnapshotError, or, when asked,
@@ -34,12 +36,16 @@ returns an :class:`UnresolvedObject` stand-in carrying the class path and its fi
 
 from __future__ import annotations
 
+import array
+import copyreg
 import dataclasses
 import enum
 import gc
+import sys
 import threading
 import types as _types
 import uuid
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone
@@ -51,7 +57,7 @@ from zoneinfo import ZoneInfo
 
 import msgpack
 
-from .errors import CorruptSnapshotError
+from .errors import CorruptSnapshotError, SerializationError
 
 UnknownClassPolicy = Literal["error", "stand-in"]
 
@@ -71,11 +77,15 @@ EXT_OBJECT = 12  # format 1 only: payload [class path, kind, fields]
 EXT_BIGINT = 13  # payload: decimal digits (read only: str() of an int is capped at 4300 digits)
 # 14 was reserved for bytearray: msgpack packs it natively as bytes.
 EXT_BIGINT_BYTES = 15  # payload: signed big-endian two's complement, any size
+EXT_DEQUE = 16  # format 1 only: payload [maxlen, items]
+EXT_ARRAY = 17  # payload: [typecode, itemsize, little-endian bytes]
+EXT_TZINFO = 18  # payload: a time zone entry, as in EXT_DATETIME_TZ
 # Format 2: the first item of an array that stands for a container of another type.
 MARK_TUPLE = 32  # [mark, *items]
 MARK_SET = 33  # [mark, *items]
 MARK_FROZENSET = 34  # [mark, *items]
-MARK_OBJECT = 35  # [mark, class path, kind, fields]
+MARK_OBJECT = 35  # [mark, class path, kind, fields] or [mark, class path, kind, *fields]
+MARK_DEQUE = 36  # [mark, maxlen, *items]
 # Format 2 writes a UTC datetime of fold 0 as MessagePack's own timestamp (ext code -1).
 
 # How a registered class is taken apart and rebuilt.
@@ -87,8 +97,17 @@ _FIELD_KINDS = frozenset({KIND_DATACLASS, KIND_PYDANTIC})  # fields: a dict of n
 
 _PACKER_BUFFER = 1 << 14  # a pooled packer's buffer stays within twice this
 _POOLED_PACKERS = 16
-_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: set on every class defined in Python
+_MANAGED_DICT = 1 << 4  # Py_TPFLAGS_MANAGED_DICT: the instance dict lives outside the layout
+_POINTER = 8 if sys.maxsize > 2**32 else 4
+_LITTLE_ENDIAN = sys.byteorder == "little"
 _NATIVE = frozenset({str, bytes, int, float, bool, type(None)})
+# Classes the codec stores itself and gives back with their type: registering one is a no-op.
+_REBUILT_NATIVELY = frozenset({
+    *_NATIVE, dict, list, tuple, set, frozenset, datetime, date, time, timedelta, Decimal,
+    uuid.UUID, deque, array.array, ZoneInfo, timezone,
+})
+# Classes the codec stores, but as another type: registering one cannot keep that promise.
+_REBUILT_AS_BYTES = frozenset({bytearray, memoryview})
 _ExtType = msgpack.ExtType
 _tuple_new = tuple.__new__
 
@@ -100,9 +119,10 @@ _time_from_state = cast(Callable[..., time], time)
 
 # -- what the depth walks treat alike ------------------------------------------------------
 
-_CONTAINERS = frozenset({list, dict, tuple, set, frozenset})
+_CONTAINERS = frozenset({list, dict, tuple, set, frozenset, deque})
 # Values whose referents are only their items (containers) or that have none (the rest):
 # a level made of these alone is handed to gc.get_referents as it is.
+# (Not array.array: its referents include its type, and from there every module.)
 _PLAIN = _CONTAINERS | _NATIVE | {datetime, date, time, timedelta, Decimal}
 _IS_DATETIME = frozenset({datetime}).__contains__
 _TZINFO = attrgetter("tzinfo")
@@ -131,7 +151,11 @@ _TUPLE_MARK = _ext(MARK_TUPLE, b"")
 _SET_MARK = _ext(MARK_SET, b"")
 _FROZENSET_MARK = _ext(MARK_FROZENSET, b"")
 _OBJECT_MARK = _ext(MARK_OBJECT, b"")
-_MARKS = {mark.code: mark for mark in (_TUPLE_MARK, _SET_MARK, _FROZENSET_MARK, _OBJECT_MARK)}
+_DEQUE_MARK = _ext(MARK_DEQUE, b"")
+_MARKS = {
+    mark.code: mark
+    for mark in (_TUPLE_MARK, _SET_MARK, _FROZENSET_MARK, _OBJECT_MARK, _DEQUE_MARK)
+}
 
 # Leaf payloads that are themselves packed (an aware time's zone, a timedelta's parts) hold
 # plain values only: one packer with no ``default`` never calls back, so sharing it is safe.
@@ -215,6 +239,10 @@ class ValueCodec:
             uuid.UUID: _enc_uuid,
             int: _enc_bigint,  # msgpack asks only for ints beyond 64 bits
             UnresolvedObject: self._enc_unresolved,
+            deque: _enc_deque,
+            array.array: _enc_array,
+            ZoneInfo: _enc_tzinfo,
+            timezone: _enc_tzinfo,
             _StoredArray: list,  # a stand-in written back as it was read
             _StoredMap: dict,
         }
@@ -230,6 +258,8 @@ class ValueCodec:
             EXT_UUID: lambda p: uuid.UUID(bytes=p),
             EXT_BIGINT: lambda p: int(p.decode("ascii")),
             EXT_BIGINT_BYTES: lambda p: int.from_bytes(p, "big", signed=True),
+            EXT_ARRAY: _dec_array,
+            EXT_TZINFO: lambda p: _tz_from_spec(_unpack_payload(p)),
         }
         self.register(*types)
 
@@ -239,21 +269,28 @@ class ValueCodec:
         """Allow instances of ``types`` to be encoded and rebuilt.
 
         Dataclasses, pydantic models and enums are taken apart by their fields or value;
-        any other class through ``__getstate__`` / ``__setstate__``, as pickle would.
-        Registering a class again is harmless; a new class under a stored name (a reloaded
-        module) replaces the old one.
+        any other class through ``__getstate__`` / ``__setstate__``, as pickle would. A
+        class that would not come back equal that way is refused with SerializationError
+        and nothing of the call is registered: data is never dropped in silence. Types
+        the codec stores itself (deque, array, ZoneInfo, datetime, ...) need no
+        registration; registering them changes nothing. Registering a class again is
+        harmless; a new class under a stored name (a reloaded module) replaces the old one.
         """
-        for cls in types:
-            if not isinstance(cls, type):
-                raise TypeError(f"register() takes classes, not {cls!r}")
-            if _is_builtin_value_type(cls) or cls is UnresolvedObject:
-                raise TypeError(f"{cls.__qualname__} is handled natively; do not register it")
-            _check_state_class(cls)
-            self._classes[class_path(cls)] = cls
-            self._rebuilders[class_path(cls)] = (cls, _kind_of(cls), _rebuilder(cls))
+        classes = [cls for cls in types if _needs_registration(cls)]
+        for cls in classes:
+            _check_rebuildable(cls)
+            if _kind_of(cls) == KIND_ENUM:
+                _members_by_bytes(cls, self._pack_nested)
+        for cls in classes:
+            path = class_path(cls)
+            self._classes[path] = cls
+            self._rebuilders[path] = (cls, _kind_of(cls), _rebuilder(cls, self._pack_nested))
             self._encoders[cls] = self._object_encoder(cls)
 
     def is_registered(self, cls: type) -> bool:
+        """Whether instances of ``cls`` are stored and rebuilt (registered, or native)."""
+        if cls in _REBUILT_NATIVELY or cls is UnresolvedObject:
+            return True
         return self._classes.get(class_path(cls)) is cls
 
     # -- encoding -------------------------------------------------------------------------
@@ -448,7 +485,7 @@ class ValueCodec:
         """The parts of a container with their paths; None for a leaf."""
         kind = type(value)
         if kind is dict:
-            return _dict_children(value, path)
+            return dict_children(value, path)
         if kind in _CONTAINERS:
             return ((f"{path}[{i}]", v) for i, v in enumerate(value))
         encoder = self._encoders.get(kind)
@@ -469,8 +506,12 @@ class ValueCodec:
         """Return ``(path, reason)`` of the first part of ``value`` that cannot be encoded.
 
         Only called after encoding failed, so it may be slow: it walks the value in Python.
+        It never raises: whatever the value's own code does, the answer names a path.
         """
-        return self._locate(value, path, set())
+        try:
+            return self._locate(value, path, set())
+        except Exception as exc:  # e.g. a __class__ property or __iter__ that raises
+            return path, f"looking into it raised {exception_text(exc)}"
 
     def _locate(self, value: Any, path: str, active: set[int]) -> tuple[str, str] | None:
         kind = type(value)
@@ -478,8 +519,8 @@ class ValueCodec:
             return None
         children: Iterator[tuple[str, Any]]
         if kind is dict:
-            children = _dict_children(value, path)
-        elif kind is list or kind is tuple or kind is set or kind is frozenset:
+            children = dict_children(value, path)
+        elif kind is list or kind is tuple or kind is set or kind is frozenset or kind is deque:
             children = ((f"{path}[{i}]", v) for i, v in enumerate(value))
         elif kind in self._encoders:
             try:
@@ -527,8 +568,6 @@ class ValueCodec:
         else:
             for name, field_value in _object_fields_getter(cls, kind)(value).items():
                 yield f"{path}.{name}", field_value
-
-
 
 
 _STAND_IN_READER: list[ValueCodec] = []
@@ -686,7 +725,7 @@ def _named_parts(path: str, packed: list[Any], stand_in: bool) -> Iterator[tuple
         return
     if len(packed) != 4:  # fields by name
         for name, item in zip(packed[3::2], packed[4::2], strict=True):
-            yield (f"{path}.fields[{_key_text(name)}]" if stand_in else f"{path}.{name}"), item
+            yield (f"{path}.fields[{key_text(name)}]" if stand_in else f"{path}.{name}"), item
     elif stand_in:
         yield f"{path}.fields", packed[3]
     elif packed[2] == KIND_ENUM:
@@ -747,6 +786,20 @@ def _enc_uuid(obj: uuid.UUID) -> Any:
 def _enc_bigint(obj: int) -> Any:
     # Not str(obj): CPython refuses to convert ints of more than 4300 digits to text.
     return _ext(EXT_BIGINT_BYTES, obj.to_bytes(obj.bit_length() // 8 + 1, "big", signed=True))
+
+
+def _enc_deque(obj: deque[Any]) -> Any:
+    return [_DEQUE_MARK, obj.maxlen, *obj]
+
+
+def _enc_array(obj: array.array[Any]) -> Any:
+    return _ext(EXT_ARRAY, _pack_plain([obj.typecode, obj.itemsize, _array_bytes(obj)]))
+
+
+def _enc_tzinfo(obj: ZoneInfo | timezone) -> Any:
+    if type(obj) is ZoneInfo and obj.key is None:
+        raise TypeError("a ZoneInfo read from a file has no key to be stored by; use ZoneInfo(key)")
+    return _ext(EXT_TZINFO, _pack_plain(_tz_spec(obj)))
 
 
 def _as_stored(raw: bytes) -> Any:
@@ -834,6 +887,10 @@ class _Reading:
             return _set_of(items[1:], set)
         if mark is _FROZENSET_MARK:
             return _set_of(items[1:], frozenset)
+        if mark is _DEQUE_MARK:
+            if len(items) < 2:
+                raise CorruptSnapshotError("damaged deque in stored data")
+            return _deque_of(items[1], items[2:])
         value = self.codec._revive(*_object_parts(items))
         self.objects[id(value)] = items
         if type(value) is UnresolvedObject:
@@ -937,6 +994,7 @@ class _LegacyReading:
             EXT_SET: lambda items: _set_of(items, set),
             EXT_FROZENSET: lambda items: _set_of(items, frozenset),
             EXT_OBJECT: self.revive,
+            EXT_DEQUE: lambda entry: _deque_of(*_fields(entry, 2, "deque")),
         }
 
     def read(self, data: bytes | memoryview) -> Any:
@@ -1078,6 +1136,14 @@ def _object_parts(items: list[Any]) -> tuple[str, str, Any]:
     return items[1], items[2], dict(zip(items[3::2], items[4::2], strict=True))
 
 
+def _deque_of(maxlen: Any, items: Any) -> deque[Any]:
+    if type(items) is not list or not (
+        maxlen is None or (type(maxlen) is int and len(items) <= maxlen)
+    ):
+        raise CorruptSnapshotError("damaged deque in stored data")
+    return deque(items, maxlen)
+
+
 def _set_of(items: list[Any], kind: Callable[[list[Any]], Any]) -> Any:
     if len(items) > _SET_PROBE and _collides(items):
         raise CorruptSnapshotError(
@@ -1152,6 +1218,25 @@ def _dec_timedelta(payload: bytes) -> timedelta:
     return timedelta(*_unpack_payload(payload))
 
 
+def _dec_array(payload: bytes) -> array.array[Any]:
+    typecode, itemsize, data = _fields(_unpack_payload(payload), 3, "array")
+    if not (type(typecode) is str and len(typecode) == 1 and typecode in array.typecodes
+            and type(itemsize) is int and type(data) is bytes):
+        raise CorruptSnapshotError("damaged array in stored data")
+    values = array.array(typecode)
+    if itemsize != values.itemsize:
+        raise CorruptSnapshotError(
+            f"a stored array of typecode {typecode!r} has {itemsize}-byte items, but"
+            f" {values.itemsize}-byte items here: it was written on another platform"
+        )
+    if len(data) % itemsize:
+        raise CorruptSnapshotError("damaged array in stored data")
+    values.frombytes(data)
+    if not _LITTLE_ENDIAN:
+        values.byteswap()
+    return values
+
+
 def _unpack_payload(payload: bytes) -> Any:
     """A leaf's own packed payload: plain values only, never another ext value."""
     return msgpack.unpackb(payload, ext_hook=_no_ext, raw=False, strict_map_key=True)
@@ -1161,64 +1246,211 @@ def _no_ext(code: int, payload: bytes) -> Any:
     raise CorruptSnapshotError(f"damaged record: a value of type code {code} inside a leaf")
 
 
-def _key_text(key: Any) -> str:
-    try:
-        return repr(key)
-    except Exception:
-        return f"<{type(key).__qualname__} whose repr() failed>"
+def _needs_registration(cls: Any) -> bool:
+    """Whether ``cls`` takes a registration: no for types the codec stores itself."""
+    if not isinstance(cls, type):
+        raise TypeError(f"register() takes classes, not {cls!r}")
+    if cls in _REBUILT_NATIVELY or cls is UnresolvedObject:
+        return False
+    if cls in _REBUILT_AS_BYTES:
+        raise SerializationError(
+            f"cannot register {cls.__qualname__}: it is stored as binary data and comes back"
+            " as bytes; convert it with bytes() and back, or keep an array.array"
+        )
+    return True
 
 
-def _check_state_class(cls: type) -> None:
-    """Refuse a class whose instances ``__getstate__``/``__setstate__`` cannot rebuild.
+def _check_rebuildable(cls: type) -> None:
+    """Refuse a class whose instances would not come back equal, so none is ever stored.
 
-    A subclass of a type implemented in C (dict, list, tuple, str, Exception, ...) keeps
-    its contents outside ``__dict__``: object's default ``__getstate__`` leaves them out,
-    and ``cls.__new__(cls)`` may not even run without arguments (a namedtuple). Unless the
-    class brings its own pair, it would be stored without its contents, or not load.
+    Instances are rebuilt as pickle rebuilds a class that has no ``__reduce__`` of its
+    own: ``cls.__new__(cls)``, then the stored fields or state. That is exact unless the
+    class's pickling goes another way: a ``__reduce__`` (deque, ZoneInfo, numpy arrays,
+    Counter, exceptions), constructor arguments (``__getnewargs__``: tuples, ints, str),
+    or contents a C base keeps outside ``__dict__`` and ``__slots__`` (dict, list, array),
+    which ``__getstate__`` does not see. A class with its own ``__getstate__`` and
+    ``__setstate__`` says itself what its state is, so only the last two count for it.
     """
-    if _kind_of(cls) != KIND_STATE:
+    kind = _kind_of(cls)
+    if kind in (KIND_ENUM, KIND_PYDANTIC):
         return
-    # A C type with no room for data of its own (typing.Generic on 3.12+) holds nothing.
-    c_bases = [
-        base for base in cls.__mro__[1:]
-        if not base.__flags__ & _HEAPTYPE
-        and (base.__basicsize__ > object.__basicsize__ or base.__itemsize__)
-    ]
-    if not c_bases:
-        return
-    own = all(
+    problem = _rebuild_problem(cls, kind)
+    if problem is not None:
+        raise SerializationError(f"cannot register {class_path(cls)}: {problem}")
+
+
+def _rebuild_problem(cls: type, kind: str) -> str | None:
+    advice = (
+        "store a plain value instead, or a class of your own that is a dataclass"
+        if kind == KIND_DATACLASS or _defines(cls, "__getnewargs_ex__", "__getnewargs__")
+        else "store a plain value instead, or a class of your own that is a dataclass or"
+        " has its own __getstate__ and __setstate__"
+    )
+    needs_args = _defines(cls, "__getnewargs_ex__", "__getnewargs__")
+    if needs_args is not None:
+        return (
+            f"{needs_args.__qualname__} is built from constructor arguments, which"
+            f" __getstate__ does not hold; {advice}"
+        )
+    own_state = kind == KIND_STATE and _has_own_state_methods(cls)
+    if kind == KIND_STATE and not own_state:
+        reducer = _defines(cls, "__reduce_ex__", "__reduce__")
+        if reducer is not None or cls in copyreg.dispatch_table:
+            name = "copyreg" if reducer is None else f"{reducer.__qualname__}.__reduce__"
+            return f"its pickling relies on {name}, which this serializer does not use; {advice}"
+    holder = _c_data_holder(cls)
+    if holder is not None and not own_state:
+        where = "it keeps" if holder is cls else f"it extends {holder.__qualname__}, which keeps"
+        return (
+            f"{where} its contents outside __dict__, where __getstate__ does not see them;"
+            f" {advice}"
+        )
+    new = cast(Any, cls).__new__
+    if new is not object.__new__:
+        try:
+            new(cls)
+        except Exception as exc:
+            return (
+                f"rebuilding starts with {cls.__qualname__}.__new__({cls.__qualname__}),"
+                f" which raised {exception_text(exc)}; {advice}"
+            )
+    return None
+
+
+def _defines(cls: type, *names: str) -> type | None:
+    """The first class in ``cls``'s MRO, object aside, that defines one of ``names``."""
+    for klass in cls.__mro__[:-1]:
+        if any(name in klass.__dict__ for name in names):
+            return klass
+    return None
+
+
+def _has_own_state_methods(cls: type) -> bool:
+    return all(
         isinstance(getattr(cls, name, None), _types.FunctionType)
         for name in ("__getstate__", "__setstate__")
     )
-    if not own:
-        raise TypeError(
-            f"{class_path(cls)} extends {c_bases[0].__qualname__}, whose contents"
-            " __getstate__ does not capture; make it a dataclass, or give it its own"
-            " __getstate__ and __setstate__"
-        )
 
 
-def _dict_children(value: dict[Any, Any], path: str) -> Iterator[tuple[str, Any]]:
+def _c_data_holder(cls: type) -> type | None:
+    """The base whose instances keep data in C, beyond ``__dict__`` and ``__slots__``."""
+    for klass in reversed(cls.__mro__):
+        if _holds_c_data(klass):
+            return klass
+    return None
+
+
+def _holds_c_data(cls: type) -> bool:
+    # The test CPython's own object.__reduce_ex__ applies before it refuses to pickle an
+    # object ("cannot pickle 'X' object"): its size beyond a dict, weakrefs and slots.
+    if cls.__itemsize__:
+        return True
+    size = object.__basicsize__
+    if cls.__dictoffset__ and not cls.__flags__ & _MANAGED_DICT:
+        size += _POINTER
+    if cls.__weakrefoffset__ > 0:
+        size += _POINTER
+    return cls.__basicsize__ > size + _POINTER * _slot_count(cls)
+
+
+def _slot_count(cls: type) -> int:
+    count = 0
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        names = (slots,) if isinstance(slots, str) else slots
+        count += sum(1 for name in names if name not in ("__dict__", "__weakref__"))
+    return count
+
+
+def _members_by_bytes(cls: type, pack: Callable[[Any], bytes]) -> dict[bytes, Any]:
+    """An enum's members by the bytes their values are stored as.
+
+    Refuses an enum two of whose members would be stored alike (two NaN values), which
+    loading could not tell apart. A value that cannot be stored (yet) is left out:
+    saving that member names it by its path.
+    """
+    members: dict[bytes, Any] = {}
+    for member in _enum_members(cls):
+        packed = _packed(pack, member.value)
+        if packed is None:
+            continue
+        other = members.setdefault(packed, member)
+        if other is not member:
+            raise SerializationError(
+                f"cannot register {class_path(cls)}: its members {other.name} and"
+                f" {member.name} have values that are stored alike ({member.value!r}), so"
+                " loading could not tell them apart; give them distinct values"
+            )
+    return members
+
+
+def _packed(pack: Callable[[Any], bytes], value: Any) -> bytes | None:
+    try:
+        return pack(value)
+    except Exception:
+        return None
+
+
+def _enum_members(cls: type) -> list[Any]:
+    unique: dict[int, Any] = {}
+    for member in cast(Any, cls).__members__.values():
+        unique.setdefault(id(member), member)
+    return list(unique.values())
+
+
+def _fields(value: Any, count: int, what: str) -> list[Any]:
+    if type(value) is not list or len(value) != count:
+        raise CorruptSnapshotError(f"damaged {what} in stored data")
+    return value
+
+
+def _array_bytes(values: array.array[Any]) -> bytes:
+    """The items as little-endian bytes, so a record reads the same on any machine."""
+    if _LITTLE_ENDIAN:
+        return values.tobytes()
+    swapped = array.array(values.typecode, values)
+    swapped.byteswap()
+    return swapped.tobytes()
+
+
+def dict_children(value: dict[Any, Any], path: str) -> Iterator[tuple[str, Any]]:
+    """A dict's keys and values with their paths, for the error explainers."""
     for key, item in value.items():
-        yield f"{path}[{key!r}] (key)", key
-        yield f"{path}[{key!r}]", item
+        shown = key_text(key)
+        yield f"{path}[{shown}] (key)", key
+        yield f"{path}[{shown}]", item
 
 
-def _is_builtin_value_type(cls: type) -> bool:
-    return cls in _NATIVE or cls in (dict, list, tuple, set, frozenset, bytearray) or cls in (
-        datetime,
-        date,
-        time,
-        timedelta,
-        Decimal,
-        uuid.UUID,
-    )
+def key_text(key: Any) -> str:
+    """How a dict key is shown in a path: its repr, or a description when that fails.
+
+    ``repr`` raises for an int of more than 4300 digits, and a class's own ``__repr__``
+    may raise anything; the path of an error must still be written.
+    """
+    try:
+        return repr(key)
+    except Exception:
+        if type(key) is int:
+            return f"<int of {key.bit_length()} bits>"
+        return f"<{type(key).__qualname__} whose repr() failed>"
+
+
+def exception_text(exc: BaseException) -> str:
+    """``"Type: message"`` of an exception, even when its own ``__str__`` fails."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "(its message could not be rendered)"
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, (TypeError, ValueError, OverflowError)):
-        return str(exc)
-    return f"taking it apart raised {type(exc).__name__}: {exc}"
+        try:
+            return str(exc)
+        except Exception:
+            return exception_text(exc)
+    return f"taking it apart raised {exception_text(exc)}"
 
 
 def _unsupported_message(obj: Any) -> str:
@@ -1268,11 +1500,11 @@ def _object_fields_getter(cls: type, kind: str) -> Callable[[Any], Any]:
     return lambda obj: obj.__getstate__()
 
 
-def _rebuilder(cls: type) -> Callable[[Any], Any]:
+def _rebuilder(cls: type, pack: Callable[[Any], bytes]) -> Callable[[Any], Any]:
     """How stored fields become an instance of ``cls`` again, prepared once per class."""
     kind = _kind_of(cls)
     if kind == KIND_ENUM:
-        return cls
+        return _enum_rebuilder(cls, pack)
     if kind == KIND_PYDANTIC:
         return cast(Any, cls).model_validate  # type: ignore[no-any-return]
     new = cast(Any, cls).__new__
@@ -1308,6 +1540,28 @@ def _rebuilder(cls: type) -> Callable[[Any], Any]:
         return obj
 
     return from_fields
+
+
+def _enum_rebuilder(cls: type, pack: Callable[[Any], bytes]) -> Callable[[Any], Any]:
+    """Look members up by value; a value unequal to itself (NaN) by its stored bytes."""
+    by_bytes: dict[bytes, Any] = {}
+
+    def rebuild(value: Any) -> Any:
+        try:
+            return cls(value)
+        except ValueError:
+            pass
+        if not by_bytes:
+            by_bytes.update(_members_by_bytes(cls, pack))
+        packed = _packed(pack, value)
+        member = None if packed is None else by_bytes.get(packed)
+        if member is None:
+            raise CorruptSnapshotError(
+                f"stored data holds a value that no member of {class_path(cls)} has"
+            )
+        return member
+
+    return rebuild
 
 
 def _set_state(obj: Any, state: Any) -> None:

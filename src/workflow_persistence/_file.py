@@ -8,6 +8,11 @@ directory, and ids that differ only in case stay apart on case-insensitive file 
 Writers take an exclusive lock on ``<directory>/.lock`` (``flock``, so threads and
 processes alike), which makes version checks atomic across processes; readers take no
 lock, because a rename replaces a file in one step.
+
+Others may write to the directory too, so nothing in it is trusted: every call opens the
+directory once and works relative to that descriptor, never follows a symbolic link,
+never opens a FIFO, device or socket (each would block, or act on something elsewhere),
+and never reads a file larger than ``max_size``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import hashlib
 import json
 import os
 import re
+import stat
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -27,7 +34,12 @@ from pathlib import Path
 from ._base import Record, RecordPersistence, version_conflict
 from ._serializers import Serializer
 from ._snapshot import StoredSnapshotInfo, utc_now
-from .errors import CorruptSnapshotError, PayloadTooLargeError, StorageUnavailableError
+from .errors import (
+    CorruptSnapshotError,
+    InvalidArgumentError,
+    PayloadTooLargeError,
+    StorageUnavailableError,
+)
 
 __all__ = ["FilePersistence"]
 
@@ -37,27 +49,32 @@ _LOCK_NAME = ".lock"
 _MAGIC = b"wfp-file 1 "
 #: Longest header line read; a valid one (255 escaped 4-byte characters) is ~3.2 KiB.
 _MAX_HEADER = 64 * 1024
+#: What is read first for a header: every valid header fits, and so does a small file.
+_HEADER_PROBE = 4096
+#: The largest file read or written by default: what PostgreSQL's bytea holds, and
+#: JsonSerializer's default max_decoded_size, so no snapshot another backend takes is
+#: refused here, while a file of gigabytes planted in the directory is never read.
+DEFAULT_MAX_SIZE = 1 << 30
 _SLUG_UNSAFE = re.compile(r"[^a-z0-9_-]+")
 
-try:  # POSIX
+if sys.platform != "win32":  # what the guarantees rest on: openat(2), O_NOFOLLOW, flock
     import fcntl
 
-    def _lock_fd(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-
-    def _unlock_fd(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
-except ImportError:  # pragma: no cover - Windows
-    import msvcrt
-
-    def _lock_fd(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
-
-    def _unlock_fd(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+    _OPEN_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    # O_NOFOLLOW: a link is refused, never followed. O_NONBLOCK: a FIFO swapped in after
+    # the look before opening returns at once instead of waiting for a writer; it changes
+    # nothing for regular files. O_NOCTTY: a terminal never becomes ours.
+    _OPEN_FILE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    _OPEN_READ = os.O_RDONLY | _OPEN_FILE
+    _OPEN_LOCK = os.O_RDWR | os.O_CREAT | _OPEN_FILE
+    _CREATE_TEMP = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    #: What opening with O_NOFOLLOW | O_NONBLOCK says when the entry is not a regular file
+    #: (a link: ELOOP, EMLINK on the BSDs; a socket: ENXIO), as the file type it means.
+    _REFUSED_BY_OPEN = {
+        errno.ELOOP: stat.S_IFLNK,
+        errno.EMLINK: stat.S_IFLNK,
+        errno.ENXIO: stat.S_IFSOCK,
+    }
 
 
 def file_name(workflow_id: str) -> str:
@@ -72,89 +89,154 @@ class FilePersistence(RecordPersistence):
 
     Writes go to a temporary file that is fsynced and renamed over the old one, so a
     crash leaves the old or the new snapshot, never a torn one. Files and the directory
-    are readable by the owner only.
+    are readable by the owner only. A symbolic link, FIFO, device, socket or directory
+    under a snapshot's name or the lock's is never followed nor opened: reads raise
+    CorruptSnapshotError, writes StorageUnavailableError, ``list`` and ``prune`` pass it
+    by, and ``delete`` unlinks the entry itself. No file larger than ``max_size`` bytes
+    (header included) is written or read.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, serializer: Serializer | None = None):
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        serializer: Serializer | None = None,
+        max_size: int = DEFAULT_MAX_SIZE,
+    ):
+        if sys.platform == "win32":  # pragma: no cover
+            raise StorageUnavailableError(
+                "FilePersistence needs a POSIX system (openat, O_NOFOLLOW, flock) to keep"
+                " its directory safe; on Windows use DatabasePersistence with SQLite"
+            )
+        self.max_size = _check_max_size(max_size)
         super().__init__(serializer)
         self.directory = Path(directory)
         try:
+            # A directory path that is a symbolic link is the caller's choice: followed.
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageUnavailableError(
                 f"cannot create the snapshot directory {str(self.directory)!r}: {exc}"
             ) from exc
         self._thread_lock = threading.Lock()
-        with self._locked():
-            self._sweep_temp_files()
+        with self._locked() as dir_fd:
+            self._sweep_temp_files(dir_fd)
 
     def _after_fork(self) -> None:
         self._thread_lock = threading.Lock()
 
-    # -- locking ------------------------------------------------------------------------
+    # -- the directory and its lock -----------------------------------------------------
+
+    def _open_directory(self) -> int:
+        """The directory's descriptor: every step of a call is taken relative to it, so a
+        directory path swapped meanwhile cannot send one half of the call elsewhere."""
+        try:
+            return os.open(self.directory, _OPEN_DIRECTORY)
+        except FileNotFoundError as exc:
+            raise _DirectoryGone(
+                f"the snapshot directory {str(self.directory)!r} was removed; create it"
+                f" again (a new FilePersistence does): {exc}"
+            ) from exc
+        except OSError as exc:
+            raise StorageUnavailableError(
+                f"cannot open the snapshot directory {str(self.directory)!r}: {exc}"
+            ) from exc
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Exclusive against every writer of this directory, in any thread or process."""
-        with self._thread_lock:  # flock is per open file; this keeps threads orderly too
-            try:
-                fd = os.open(self.directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-            except OSError as exc:
-                raise StorageUnavailableError(
-                    f"cannot lock the snapshot directory {str(self.directory)!r}: {exc}"
-                ) from exc
-            try:
-                _lock_fd(fd)
-                try:
-                    yield
-                finally:
-                    _unlock_fd(fd)
-            finally:
-                os.close(fd)
+    def _opened_directory(self) -> Iterator[int]:
+        dir_fd = self._open_directory()
+        try:
+            yield dir_fd
+        finally:
+            os.close(dir_fd)
 
-    def _sweep_temp_files(self) -> None:
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[int]:
+        """Exclusive against every writer of this directory, in any thread or process;
+        yields the directory's descriptor."""
+        # flock is per open file; the thread lock keeps threads orderly too.
+        with self._thread_lock, self._opened_directory() as dir_fd:
+            lock_fd = self._open_lock(dir_fd)
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+                try:
+                    yield dir_fd
+                finally:
+                    # Explicitly: a child forked meanwhile shares this open file.
+                    fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            finally:
+                os.close(lock_fd)
+
+    def _open_lock(self, dir_fd: int) -> int:
+        try:
+            lock_fd, _ = _open_regular(dir_fd, _LOCK_NAME, _OPEN_LOCK)
+        except _NotAFile as planted:
+            raise StorageUnavailableError(
+                "cannot lock the snapshot directory: "
+                + planted.explain(self.directory / _LOCK_NAME, None)
+            ) from planted.__cause__
+        except OSError as exc:
+            raise StorageUnavailableError(
+                f"cannot lock the snapshot directory {str(self.directory)!r}: {exc}"
+            ) from exc
+        return lock_fd
+
+    def _sweep_temp_files(self, dir_fd: int) -> None:
         # Writers hold the lock from creating a temp file to renaming it, so under the
-        # lock every temp file is a leftover of a writer that died.
-        for entry in _entries(self.directory):
+        # lock every temp file is a leftover of a writer that died. unlink never follows.
+        for entry in _entries(dir_fd, self.directory):
             if entry.name.startswith(_TEMP_PREFIX):
                 with contextlib.suppress(OSError):  # e.g. a directory of that name: not ours
-                    os.unlink(entry.path)
+                    os.unlink(entry.name, dir_fd=dir_fd)
 
     # -- records ------------------------------------------------------------------------
-
-    def _path(self, workflow_id: str) -> Path:
-        return self.directory / file_name(workflow_id)
 
     def _write(
         self, workflow_id: str, data: bytes, expected_version: int | None
     ) -> tuple[int, datetime]:
-        path = self._path(workflow_id)
-        with self._locked():
+        name = file_name(workflow_id)
+        with self._locked() as dir_fd:
             now = utc_now()
             try:
-                current = _read_header(path, workflow_id)
+                current = _read_header(dir_fd, self.directory, name, workflow_id)
             except CorruptSnapshotError as exc:
                 raise CorruptSnapshotError(
                     f"cannot save {workflow_id!r} over a damaged snapshot file ({exc});"
                     " delete() removes it"
                 ) from exc
+            except _NotAFile as planted:
+                raise StorageUnavailableError(
+                    f"cannot save {workflow_id!r}: "
+                    + planted.explain(self.directory / name, workflow_id)
+                ) from planted.__cause__
             stored_version = 0 if current is None else current[0]
             if expected_version is not None and expected_version != stored_version:
                 raise version_conflict(workflow_id, expected_version, stored_version)
             created_at = now if current is None else current[1]
             version = stored_version + 1
             header = _encode_header(workflow_id, version, created_at, now)
-            self._replace(path, header, data)
+            self._check_size(len(header) + len(data))
+            self._replace(dir_fd, name, header, data)
             return version, now
 
-    def _replace(self, path: Path, header: bytes, data: bytes) -> None:
-        temp = path.with_name(f"{_TEMP_PREFIX}{os.getpid()}-{path.name}")
+    def _check_size(self, size: int) -> None:
+        if size > self.max_size:
+            raise PayloadTooLargeError(
+                f"the snapshot file would be {size} bytes, more than max_size="
+                f"{self.max_size}; nothing was written (raise FilePersistence's max_size"
+                " to store it)",
+                size=size,
+                limit=self.max_size,
+            )
+
+    def _replace(self, dir_fd: int, name: str, header: bytes, data: bytes) -> None:
+        temp = f"{_TEMP_PREFIX}{os.getpid()}-{name}"
         try:
             # A leftover of that name (a dead writer with our pid) is removed, and the new
             # file is created exclusively: it is ours, 0o600, and never a symlink's target.
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.unlink(temp, dir_fd=dir_fd)
+            fd = os.open(temp, _CREATE_TEMP, 0o600, dir_fd=dir_fd)
             try:
                 with open(fd, "wb", closefd=False) as out:
                     out.write(header)
@@ -162,43 +244,81 @@ class FilePersistence(RecordPersistence):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(temp, path)
+            os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except OSError as exc:
             with contextlib.suppress(OSError):
-                os.unlink(temp)
+                os.unlink(temp, dir_fd=dir_fd)
             if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
                 raise PayloadTooLargeError(
                     f"no room to write the snapshot ({len(data)} bytes) to"
                     f" {str(self.directory)!r}: {exc.strerror}",
                     size=len(data),
                 ) from exc
-            raise StorageUnavailableError(f"cannot write {str(path)!r}: {exc}") from exc
-        _fsync_directory(self.directory)
+            raise StorageUnavailableError(
+                f"cannot write {str(self.directory / name)!r}: {exc}"
+            ) from exc
+        _fsync_directory(dir_fd, self.directory)
 
     def _read(self, workflow_id: str) -> Record | None:
-        path = self._path(workflow_id)
+        name = file_name(workflow_id)
         try:
-            with open(path, "rb") as f:
-                line = f.readline(_MAX_HEADER)
-                stored_id, version, created_at, updated_at = _decode_header(line, path)
-                if stored_id != workflow_id:  # a SHA-256 collision, or a file copied by hand
-                    return None
-                return f.read(), version, created_at, updated_at
+            dir_fd = self._open_directory()
+        except _DirectoryGone:
+            return None
+        try:
+            fd, size = _open_regular(dir_fd, name, _OPEN_READ)
+            try:
+                return self._read_record(fd, size, name, workflow_id)
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             return None
+        except _NotAFile as planted:
+            raise CorruptSnapshotError(
+                planted.explain(self.directory / name, workflow_id)
+            ) from planted.__cause__
         except OSError as exc:
-            raise StorageUnavailableError(f"cannot read {str(path)!r}: {exc}") from exc
+            raise StorageUnavailableError(
+                f"cannot read {str(self.directory / name)!r}: {exc}"
+            ) from exc
+        finally:
+            os.close(dir_fd)
+
+    def _read_record(self, fd: int, size: int, name: str, workflow_id: str) -> Record | None:
+        if size > self.max_size:
+            raise CorruptSnapshotError(
+                f"{str(self.directory / name)!r} is {size} bytes, more than max_size="
+                f"{self.max_size}, and was not read: if you stored it, raise"
+                f" FilePersistence's max_size; else delete({workflow_id!r}) removes it"
+            )
+        head = os.pread(fd, _HEADER_PROBE, 0)
+        line = _header_line(fd, head)
+        stored_id, version, created_at, updated_at = _decode_header(line, self.directory, name)
+        if stored_id != workflow_id:  # a SHA-256 collision, or a file copied by hand
+            return None
+        if len(head) == size:  # a small file: all of it is in hand
+            data = head[len(line) :]
+        else:
+            data = _pread_exactly(fd, size - len(line), len(line))
+        return data, version, created_at, updated_at
 
     def _remove(self, workflow_id: str, expected_version: int | None) -> bool:
-        path = self._path(workflow_id)
-        with self._locked():
+        name = file_name(workflow_id)
+        with self._locked() as dir_fd:
             try:
-                current = _read_header(path, workflow_id)
+                current = _read_header(dir_fd, self.directory, name, workflow_id)
                 damaged = False
             except CorruptSnapshotError:
                 if expected_version is not None:
                     raise
                 current, damaged = None, True  # deleting a damaged file is the way out
+            except _NotAFile as planted:
+                if expected_version is not None or planted.is_directory:
+                    raise StorageUnavailableError(
+                        f"cannot delete {workflow_id!r}: "
+                        + planted.explain(self.directory / name, workflow_id)
+                    ) from planted.__cause__
+                current, damaged = None, True  # unlink removes the entry, follows nothing
             if expected_version is not None:
                 stored_version = 0 if current is None else current[0]
                 if stored_version != expected_version:
@@ -206,56 +326,170 @@ class FilePersistence(RecordPersistence):
             if current is None and not damaged:
                 return False
             try:
-                os.unlink(path)
+                os.unlink(name, dir_fd=dir_fd)
             except FileNotFoundError:
                 return False
             except OSError as exc:
-                raise StorageUnavailableError(f"cannot delete {str(path)!r}: {exc}") from exc
-        _fsync_directory(self.directory)
+                raise StorageUnavailableError(
+                    f"cannot delete {str(self.directory / name)!r}: {exc}"
+                ) from exc
+            _fsync_directory(dir_fd, self.directory)
         return True
 
     def _contains(self, workflow_id: str) -> bool:
+        name = file_name(workflow_id)
         try:
-            return _read_header(self._path(workflow_id), workflow_id) is not None
+            dir_fd = self._open_directory()
+        except _DirectoryGone:
+            return False
+        try:
+            return _read_header(dir_fd, self.directory, name, workflow_id) is not None
         except CorruptSnapshotError:
             return True  # something is stored under this id; load() reports the damage
+        except _NotAFile as planted:
+            raise CorruptSnapshotError(
+                planted.explain(self.directory / name, workflow_id)
+            ) from planted.__cause__
+        finally:
+            os.close(dir_fd)
 
-    def _scan(self) -> Iterator[tuple[Path, StoredSnapshotInfo]]:
-        for entry in _entries(self.directory):
+    def _scan(self, dir_fd: int) -> Iterator[tuple[str, StoredSnapshotInfo]]:
+        for entry in _entries(dir_fd, self.directory):
             if not entry.name.endswith(_SUFFIX) or entry.name.startswith("."):
                 continue
-            info = _read_info(Path(entry.path))
+            info = _read_info(dir_fd, self.directory, entry.name)
             if info is not None:
-                yield Path(entry.path), info
+                yield entry.name, info
 
     def _infos(
         self, updated_before: datetime | None, limit: int | None
     ) -> builtins.list[StoredSnapshotInfo]:
-        infos = [
-            info
-            for _, info in self._scan()
-            if updated_before is None or info.updated_at < updated_before
-        ]
+        with self._opened_directory() as dir_fd:
+            infos = [
+                info
+                for _, info in self._scan(dir_fd)
+                if updated_before is None or info.updated_at < updated_before
+            ]
         infos.sort(key=lambda i: (i.updated_at, i.workflow_id), reverse=True)
         return infos if limit is None else infos[:limit]
 
     def _remove_older_than(self, cutoff: datetime) -> int:
         removed = 0
-        with self._locked():
-            for path, info in list(self._scan()):
+        with self._locked() as dir_fd:
+            for name, info in list(self._scan(dir_fd)):
                 if info.updated_at < cutoff:
                     try:
-                        os.unlink(path)
+                        os.unlink(name, dir_fd=dir_fd)
                     except FileNotFoundError:
                         continue
                     except OSError as exc:
                         raise StorageUnavailableError(
-                            f"cannot delete {str(path)!r}: {exc}"
+                            f"cannot delete {str(self.directory / name)!r}: {exc}"
                         ) from exc
                     removed += 1
-        if removed:
-            _fsync_directory(self.directory)
+            if removed:
+                _fsync_directory(dir_fd, self.directory)
         return removed
+
+
+def _check_max_size(max_size: object) -> int:
+    if type(max_size) is not int or max_size < 1:
+        raise InvalidArgumentError(
+            f"max_size must be a number of bytes (an int >= 1), not {max_size!r}"
+        )
+    return max_size
+
+
+class _DirectoryGone(StorageUnavailableError):
+    """The directory was removed: writers cannot write, readers find nothing stored."""
+
+
+class _NotAFile(Exception):
+    """An entry under one of our names that is not a regular file: never followed or
+    opened. Callers turn it into the error their kind of call promises."""
+
+    def __init__(self, mode: int) -> None:
+        super().__init__(mode)
+        self.is_directory = stat.S_ISDIR(mode)
+        self.kind = _KINDS.get(stat.S_IFMT(mode), "something else")
+
+    def explain(self, path: Path, workflow_id: str | None) -> str:
+        if self.is_directory:
+            remedy = "move it away by hand"
+        elif workflow_id is None:
+            remedy = "remove it by hand"
+        else:
+            remedy = f"delete({workflow_id!r}) removes the entry itself, never its target"
+        return (
+            f"{str(path)!r} is {self.kind}, not a regular file; FilePersistence never"
+            f" follows links nor opens special files: {remedy}"
+        )
+
+
+_KINDS = {
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def _open_regular(dir_fd: int, name: str, flags: int) -> tuple[int, int]:
+    """Open ``name`` if it is a regular file: ``(fd, size)``. FileNotFoundError if absent
+    (unless ``flags`` create it), _NotAFile if it is something else.
+
+    The entry is looked at before it is opened, so a FIFO or a device is never opened;
+    the flags and a look at what was opened cover one swapped in between the two.
+    """
+    try:
+        _require_regular(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        if not flags & os.O_CREAT:
+            raise
+    try:
+        fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in _REFUSED_BY_OPEN:
+            raise _NotAFile(_REFUSED_BY_OPEN[exc.errno]) from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        _require_regular(st.st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def _require_regular(mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise _NotAFile(mode)
+
+
+def _header_line(fd: int, head: bytes) -> bytes:
+    """The first line of the file whose first _HEADER_PROBE bytes are ``head``: at most
+    _MAX_HEADER bytes, and nothing after it is read."""
+    end = head.find(b"\n")
+    if end < 0 and len(head) == _HEADER_PROBE:  # too long for any valid header: damaged
+        head = os.pread(fd, _MAX_HEADER, 0)
+        end = head.find(b"\n")
+    return head if end < 0 else head[: end + 1]
+
+
+def _pread_exactly(fd: int, count: int, offset: int) -> bytes:
+    """``count`` bytes from ``offset``, fewer if the file is shorter (the serializer's
+    checksum then fails); one read returns at most about 2 GiB."""
+    parts = []
+    while count > 0:
+        part = os.pread(fd, count, offset)
+        if not part:
+            break
+        parts.append(part)
+        count -= len(part)
+        offset += len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 # -- the file format ----------------------------------------------------------------------
@@ -271,9 +505,11 @@ def _encode_header(workflow_id: str, version: int, created: datetime, updated: d
     return _MAGIC + json.dumps(fields, ensure_ascii=True).encode("ascii") + b"\n"
 
 
-def _decode_header(line: bytes, path: Path) -> tuple[str, int, datetime, datetime]:
+def _decode_header(line: bytes, directory: Path, name: str) -> tuple[str, int, datetime, datetime]:
     if not line.startswith(_MAGIC):
-        raise CorruptSnapshotError(f"{str(path)!r} is not a snapshot file of this library")
+        raise CorruptSnapshotError(
+            f"{str(directory / name)!r} is not a snapshot file of this library"
+        )
     try:
         fields = json.loads(line[len(_MAGIC) :])
         stored_id = fields["id"]
@@ -281,7 +517,7 @@ def _decode_header(line: bytes, path: Path) -> tuple[str, int, datetime, datetim
         created = datetime.fromisoformat(fields["created_at"])
         updated = datetime.fromisoformat(fields["updated_at"])
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise CorruptSnapshotError(f"damaged header in {str(path)!r}: {exc}") from exc
+        raise CorruptSnapshotError(f"damaged header in {str(directory / name)!r}: {exc}") from exc
     if (
         not isinstance(stored_id, str)
         or type(version) is not int
@@ -289,47 +525,55 @@ def _decode_header(line: bytes, path: Path) -> tuple[str, int, datetime, datetim
         or created.utcoffset() is None
         or updated.utcoffset() is None
     ):
-        raise CorruptSnapshotError(f"damaged header in {str(path)!r}: unexpected field values")
+        raise CorruptSnapshotError(
+            f"damaged header in {str(directory / name)!r}: unexpected field values"
+        )
     return stored_id, version, created, updated
 
 
-def _first_line(path: Path) -> bytes | None:
+def _header_fields(
+    dir_fd: int, directory: Path, name: str
+) -> tuple[str, int, datetime, datetime] | None:
+    """The decoded header line of ``name``, read alone; None if there is no such entry."""
     try:
-        with open(path, "rb") as f:
-            return f.readline(_MAX_HEADER)
+        fd, _ = _open_regular(dir_fd, name, _OPEN_READ)
+        try:
+            line = _header_line(fd, os.pread(fd, _HEADER_PROBE, 0))
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StorageUnavailableError(f"cannot read {str(path)!r}: {exc}") from exc
+        raise StorageUnavailableError(f"cannot read {str(directory / name)!r}: {exc}") from exc
+    return _decode_header(line, directory, name)
 
 
-def _read_header(path: Path, workflow_id: str) -> tuple[int, datetime] | None:
-    line = _first_line(path)
-    if line is None:
+def _read_header(
+    dir_fd: int, directory: Path, name: str, workflow_id: str
+) -> tuple[int, datetime] | None:
+    """``(version, created_at)`` of what is stored under ``workflow_id``, or None."""
+    fields = _header_fields(dir_fd, directory, name)
+    if fields is None or fields[0] != workflow_id:
         return None
-    stored_id, version, created, _ = _decode_header(line, path)
-    return (version, created) if stored_id == workflow_id else None
+    return fields[1], fields[2]
 
 
-def _read_info(path: Path) -> StoredSnapshotInfo | None:
+def _read_info(dir_fd: int, directory: Path, name: str) -> StoredSnapshotInfo | None:
+    """What ``list`` shows of one file, None for anything that is not a readable
+    snapshot file of ours (list what can be listed; load() reports the damage)."""
     try:
-        line = _first_line(path)
-    except StorageUnavailableError:
-        return None  # not a readable file (a directory named like one, say): skip it
-    if line is None:
+        fields = _header_fields(dir_fd, directory, name)
+    except (StorageUnavailableError, CorruptSnapshotError, _NotAFile):
         return None
-    try:
-        stored_id, version, created, updated = _decode_header(line, path)
-    except CorruptSnapshotError:
-        return None  # list what can be listed; load() reports the damage
-    if path.name != file_name(stored_id):
-        return None  # copied or renamed by hand: load() would not find it under that id
-    return StoredSnapshotInfo(stored_id, created, updated, version)
+    if fields is None or name != file_name(fields[0]):
+        return None  # gone, or copied or renamed by hand: load() would not find it so
+    stored_id, version, created_at, updated_at = fields
+    return StoredSnapshotInfo(stored_id, created_at, updated_at, version)
 
 
-def _entries(directory: Path) -> builtins.list[os.DirEntry[str]]:
+def _entries(dir_fd: int, directory: Path) -> builtins.list[os.DirEntry[str]]:
     try:
-        with os.scandir(directory) as entries:
+        with os.scandir(dir_fd) as entries:
             return builtins.list(entries)
     except OSError as exc:
         raise StorageUnavailableError(
@@ -337,18 +581,12 @@ def _entries(directory: Path) -> builtins.list[os.DirEntry[str]]:
         ) from exc
 
 
-def _fsync_directory(directory: Path) -> None:
+def _fsync_directory(dir_fd: int, directory: Path) -> None:
     """Make a rename or unlink durable; a no-op where directories cannot be synced."""
     try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - Windows
-        return
-    try:
-        os.fsync(fd)
+        os.fsync(dir_fd)
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
             raise StorageUnavailableError(
                 f"cannot make the change in {str(directory)!r} durable: {exc}"
             ) from exc
-    finally:
-        os.close(fd)

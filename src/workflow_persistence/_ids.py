@@ -10,7 +10,7 @@ MAX_WORKFLOW_ID_LENGTH = 255
 def check_workflow_id(workflow_id: object) -> str:
     """Return ``workflow_id`` if it is a valid id, else raise InvalidWorkflowIdError.
 
-    Any non-empty ``str`` of at most 255 code points is valid (API.md section 2), with
+    Any non-empty ``str`` of at most 255 code points is valid (see the README), with
     two exceptions no backend can store alike: NUL (PostgreSQL text cannot hold it) and
     lone surrogates (not encodable as UTF-8). Ids are compared by exact code points, so
     no normalisation happens here.

@@ -10,6 +10,7 @@ loopback round trip.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import Dialect, Table
+from sqlalchemy import exc as sa_exc
 
 from . import _mysql
 from ._base import Record, version_conflict
@@ -28,9 +30,16 @@ from ._statements import (
     statements_for,
     timestamp_processors,
 )
-from .errors import PayloadTooLargeError, PersistenceError, StorageUnavailableError
+from .errors import (
+    CorruptSnapshotError,
+    PayloadTooLargeError,
+    PersistenceError,
+    StorageUnavailableError,
+)
 
 __all__ = ["PRUNE_BATCH", "Cursor", "DialectPlan", "plan_for"]
+
+log = logging.getLogger("workflow_persistence")
 
 
 #: Where the first prune batch starts: before any timestamp a record can carry.
@@ -38,6 +47,15 @@ OLDEST = datetime(1, 1, 1, tzinfo=UTC)
 #: After reading a record this large, drop the cursor that holds the driver's result, so
 #: an idle connection does not keep it in memory.
 RELEASE_RESULT_BYTES = 256 * 1024
+#: What a timestamp's result processor raises on a value the library never writes: SQLite
+#: text that is no timestamp or a number, a MariaDB zero date (PyMySQL hands it over as
+#: text), a time zone that moves it past the year 9999.
+UNCONVERTIBLE = (TypeError, ValueError, AttributeError, OverflowError)
+#: The largest value an integer column holds: a larger version came from damage (MySQL's
+#: ``LAST_INSERT_ID()`` reports a negative one as unsigned).
+MAX_VERSION = 2**63 - 1
+#: Damaged records named in one warning of ``list``.
+NAMED_IN_WARNING = 10
 
 
 class Cursor(Protocol):
@@ -168,34 +186,79 @@ def save(
         _check_sqlite_length(connection.dbapi_connection, data)
     now = utc_now()
     values = {"wf_id": workflow_id, "wf_data": data, "now": plan.to_db(now)}
+    try:
+        return _write(cursor, plan, workflow_id, values, expected_version), now
+    except Exception as exc:
+        if not _is_out_of_range(exc):
+            raise
+        raise damaged_record(
+            workflow_id,
+            f"its version cannot be incremented ({first_line(exc)}); nothing was written",
+        ) from exc
+
+
+def _write(
+    cursor: Cursor,
+    plan: DialectPlan,
+    workflow_id: str,
+    values: dict[str, Any],
+    expected_version: int | None,
+) -> int:
     if expected_version is None:
         cursor.execute(plan.upsert.sql, plan.upsert.params(values))
         if plan.family == "mysql":
-            return plan.statements.mysql_upserted_version(cursor.lastrowid), now
-        return int(cursor.fetchone()[0]), now
+            version = plan.statements.mysql_upserted_version(cursor.lastrowid, cursor.rowcount)
+        else:
+            version = cursor.fetchone()[0]
+        if type(version) is not int or not 1 <= version <= MAX_VERSION:
+            raise damaged_record(
+                workflow_id,
+                f"the snapshot was written, but its version column came back as"
+                f" {_shown(version)}, not an integer >= 1",
+            )
+        return version
     if expected_version == 0:
         cursor.execute(plan.insert_new.sql, plan.insert_new.params(values))
         lastrowid = cursor.lastrowid if plan.family == "mysql" else None
         if not plan.statements.inserted_new(cursor.rowcount, lastrowid):
             raise version_conflict(workflow_id, 0, None)
-        return 1, now
+        return 1
     values["expected_version"] = expected_version
     cursor.execute(plan.update_if_version.sql, plan.update_if_version.params(values))
     if cursor.rowcount != 1:
         raise version_conflict(workflow_id, expected_version, None)
-    return expected_version + 1, now
+    return expected_version + 1
 
 
 def read(cursor: Cursor, plan: DialectPlan, workflow_id: str) -> Record | None:
+    """The record, or None; CorruptSnapshotError if its columns hold what the library
+    never writes."""
     stmt = plan.select_record
     cursor.execute(stmt.sql, stmt.params({"wf_id": workflow_id}), **plan.select_options)
-    row = cursor.fetchone()
+    try:
+        row = cursor.fetchone()
+    except Exception as exc:
+        if not _is_unreadable(exc, plan):
+            raise
+        raise damaged_record(workflow_id, _unreadable_row(exc)) from exc
     if row is None:
         return None
     data, version, created_at, updated_at = row
     if type(data) is not bytes:
-        data = bytes(data)
-    return data, version, plan.from_db(created_at), plan.from_db(updated_at)
+        data = _bytes_of(workflow_id, data)
+    from_db = plan.from_db
+    try:
+        created, updated = from_db(created_at), from_db(updated_at)
+    except UNCONVERTIBLE as exc:
+        raise damaged_record(workflow_id, _fault(plan, version, created_at, updated_at)) from exc
+    if (
+        type(version) is not int
+        or version < 1
+        or type(created) is not datetime
+        or type(updated) is not datetime
+    ):
+        raise damaged_record(workflow_id, _fault(plan, version, created_at, updated_at))
+    return data, version, created, updated
 
 
 def remove(
@@ -225,19 +288,140 @@ def contains(cursor: Cursor, plan: DialectPlan, workflow_id: str) -> bool:
 def infos(
     cursor: Cursor, plan: DialectPlan, updated_before: datetime | None, limit: int | None
 ) -> list[StoredSnapshotInfo]:
-    """Records newest first, without their data."""
+    """Records newest first, without their data.
+
+    A damaged record is left out, with a warning naming it, so that one bad row never
+    hides the others; with a ``limit``, records further down take its place.
+    """
     stmt = plan.list_variants[(updated_before is not None, limit is not None)]
     values: dict[str, Any] = {}
     if updated_before is not None:
         values["before"] = plan.to_db(updated_before)
     if limit is not None:
         values["limit"] = limit
-    cursor.execute(stmt.sql, stmt.params(values))
-    from_db = plan.from_db
-    return [
-        StoredSnapshotInfo(wid, from_db(created), from_db(updated), version)
-        for wid, created, updated, version in cursor.fetchall()
-    ]
+    rows, unreadable = _listing_rows(cursor, plan, stmt, values)
+    if not unreadable:
+        listed = _sound_infos(rows, plan.from_db)
+        if listed is not None:  # the usual case: nothing damaged
+            return listed
+    listed, damaged = _infos_leaving_out_damage(rows, plan, unreadable)
+    while limit is not None and len(listed) < limit:
+        if len(rows) + len(unreadable) < values["limit"]:
+            break  # there is nothing further down
+        # Damaged records took places in the window: widen it past them.
+        values["limit"] = limit + len(damaged)
+        rows, unreadable = _listing_rows(cursor, plan, stmt, values)
+        listed, damaged = _infos_leaving_out_damage(rows, plan, unreadable)
+    _warn_left_out(damaged)
+    return listed[:limit]
+
+
+def _listing_rows(
+    cursor: Cursor, plan: DialectPlan, stmt: CompiledSQL, values: dict[str, Any]
+) -> tuple[Sequence[Any], list[str]]:
+    """The listing's rows, and a description of each row the driver could not read."""
+    params = stmt.params(values)
+    cursor.execute(stmt.sql, params)
+    try:
+        return cursor.fetchall(), []
+    except Exception as exc:
+        if not _is_unreadable(exc, plan):
+            raise
+    return _rows_around_unreadable(cursor, plan, stmt.sql, params)
+
+
+def _sound_infos(
+    rows: Sequence[Any], from_db: Callable[[Any], Any]
+) -> list[StoredSnapshotInfo] | None:
+    """Every row as listed, or None as soon as one holds a damaged column."""
+    listed = []
+    try:
+        for workflow_id, created_at, updated_at, version in rows:
+            if (
+                type(workflow_id) is not str
+                or type(version) is not int
+                or version < 1
+                or created_at is None
+                or updated_at is None
+            ):
+                return None
+            listed.append(
+                StoredSnapshotInfo(workflow_id, from_db(created_at), from_db(updated_at), version)
+            )
+    except UNCONVERTIBLE:
+        return None
+    return listed
+
+
+def _infos_leaving_out_damage(
+    rows: Sequence[Any], plan: DialectPlan, unreadable: list[str]
+) -> tuple[list[StoredSnapshotInfo], list[str]]:
+    """The sound rows as listed, and a description of each damaged one (the
+    ``unreadable`` ones first)."""
+    listed, damaged = [], list(unreadable)
+    for workflow_id, created_at, updated_at, version in rows:
+        if type(workflow_id) is not str:
+            damaged.append(f"{_shown(workflow_id)} (its workflow_id is not text)")
+            continue
+        fault = _fault(plan, version, created_at, updated_at)
+        if fault is not None:
+            damaged.append(f"{workflow_id!r} ({fault})")
+            continue
+        created, updated = plan.from_db(created_at), plan.from_db(updated_at)
+        listed.append(StoredSnapshotInfo(workflow_id, created, updated, version))
+    return listed, damaged
+
+
+def _rows_around_unreadable(
+    cursor: Cursor, plan: DialectPlan, sql: str, params: Any
+) -> tuple[list[Any], list[str]]:
+    """Run the listing again and fetch it row by row, stepping over the rows the driver
+    cannot convert; return the rows and a description of each one stepped over.
+
+    Only psycopg fails on a row (a timestamp outside Python's years 1 to 9999), and its
+    cursors can scroll past one. The statement runs again because SQLAlchemy closes the
+    cursor of a failed fetch on the path that event listeners observe.
+    """
+    cursor.execute(sql, params)
+    driver_cursor: Any = getattr(cursor, "driver_cursor", cursor)
+    rows: list[Any] = []
+    unreadable: list[str] = []
+    while True:
+        try:
+            row = driver_cursor.fetchone()
+        except Exception as exc:
+            if not _is_unreadable(exc, plan) or not hasattr(driver_cursor, "scroll"):
+                raise
+            unreadable.append(f"{_unreadable_id(driver_cursor)} ({_unreadable_row(exc)})")
+            try:
+                driver_cursor.scroll(1)
+            except IndexError:  # it was the last row
+                return rows, unreadable
+            continue
+        if row is None:
+            return rows, unreadable
+        rows.append(row)
+
+
+def _unreadable_id(driver_cursor: Any) -> str:
+    """The workflow id of the row a psycopg cursor failed to convert, from the raw result."""
+    pgresult = getattr(driver_cursor, "pgresult", None)
+    raw = None if pgresult is None else pgresult.get_value(driver_cursor.rownumber, 0)
+    return "an unknown id" if raw is None else repr(bytes(raw).decode(errors="replace"))
+
+
+def _warn_left_out(damaged: list[str]) -> None:
+    if not damaged:
+        return
+    named = "; ".join(damaged[:NAMED_IN_WARNING])
+    more = len(damaged) - NAMED_IN_WARNING
+    log.warning(
+        "list() left out %d damaged record(s): %s%s. Loading one raises"
+        " CorruptSnapshotError: delete it, or repair its row",
+        len(damaged),
+        named,
+        f"; and {more} more" if more > 0 else "",
+    )
 
 
 def prune_batch(cursor: Cursor, plan: DialectPlan, cutoff: datetime, floor: Any) -> tuple[int, Any]:
@@ -254,7 +438,13 @@ def prune_batch(cursor: Cursor, plan: DialectPlan, cutoff: datetime, floor: Any)
     cursor.execute(stmt.sql, stmt.params(values), **plan.unprepared)
     if plan.family == "mysql":
         return cursor.rowcount, None
-    deleted = [row[0] for row in cursor.fetchall()]
+    try:
+        deleted = [row[0] for row in cursor.fetchall()]
+    except Exception as exc:
+        if not _is_unreadable(exc, plan):
+            raise
+        # The batch is deleted; the next one starts from the oldest end again.
+        return cursor.rowcount, None
     return len(deleted), max(deleted, default=None)
 
 
@@ -265,6 +455,77 @@ def delete_older_than(
     stmt = plan.delete_older_than(limit)
     cursor.execute(stmt.sql, stmt.params({"cutoff": plan.to_db(cutoff)}))
     return cursor.rowcount
+
+
+# -- damaged records --------------------------------------------------------------------------
+
+
+def damaged_record(workflow_id: str, fault: str | None) -> CorruptSnapshotError:
+    """The error for a record whose columns hold what the library never writes."""
+    return CorruptSnapshotError(
+        f"the record of workflow {workflow_id!r} is damaged: {fault or 'its row cannot be read'}."
+        " Delete it (or repair its row by hand) and save the run again"
+    )
+
+
+def _bytes_of(workflow_id: str, data: object) -> bytes:
+    """A driver's bytes-like ``data`` as bytes. SQLite keeps TEXT, REAL or INTEGER in a
+    BLOB column too, and ``bytes(9 * 10**18)`` would try to allocate that much."""
+    if isinstance(data, bytearray | memoryview):
+        return bytes(data)
+    raise damaged_record(workflow_id, f"its data column holds {_shown(data)}, not bytes")
+
+
+def _fault(plan: DialectPlan, version: Any, created_at: Any, updated_at: Any) -> str | None:
+    """Which column of a record is damaged and what it holds; None if none is."""
+    if type(version) is not int or version < 1:
+        return f"its version column holds {_shown(version)}, not an integer >= 1"
+    for name, value in (("created_at", created_at), ("updated_at", updated_at)):
+        try:
+            converted = plan.from_db(value)
+        except UNCONVERTIBLE:
+            converted = None
+        if type(converted) is not datetime:
+            return f"its {name} column holds {_shown(value)}, not a timestamp"
+    return None
+
+
+def _shown(value: object) -> str:
+    """A stored value for a message: NULL, or the start of its repr and its type."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, str | bytes | bytearray | memoryview):
+        shown = repr(value[:40]) + ("..." if len(value) > 40 else "")
+    else:
+        shown = repr(value)[:60]
+    return f"{shown} ({type(value).__name__})"
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's exception (SQLAlchemy wraps it on the path event listeners observe)."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+        return exc.orig
+    return exc
+
+
+def _is_unreadable(exc: BaseException, plan: DialectPlan) -> bool:
+    """Whether a fetch failed because the driver cannot convert a stored value: psycopg
+    refuses timestamps outside Python's years 1 to 9999 ('infinity', 10000 AD, BC)."""
+    return isinstance(_driver_error(exc), plan.dialect.loaded_dbapi.DataError)
+
+
+def _unreadable_row(exc: BaseException) -> str:
+    return (
+        "the driver cannot read its row (a created_at or updated_at outside the years 1 to"
+        f" 9999?): {first_line(_driver_error(exc))}"
+    )
+
+
+def _is_out_of_range(exc: BaseException) -> bool:
+    """Whether a write failed on a number out of range: the only number a save computes
+    in SQL is the new version, so the stored one was damaged."""
+    sqlstate, code = _codes(_driver_error(exc))
+    return sqlstate == "22003" or code in (1264, 1690)
 
 
 # -- driver errors --------------------------------------------------------------------------

@@ -16,7 +16,8 @@ POLICY_ATTRIBUTE = "retry_policy"
 class RetryPolicy:
     """Try a node up to ``max_attempts`` times, waiting ``backoff`` seconds after the
     first failure and ``multiplier`` times longer after each next one (at most
-    ``max_backoff``). Only exceptions in ``retry_on`` are retried.
+    ``max_backoff``). Only exceptions in ``retry_on`` are retried, and never one that is
+    not an ``Exception`` (KeyboardInterrupt, SystemExit): those ask the program to stop.
 
     A node carries its own policy by being decorated with one::
 
@@ -42,7 +43,11 @@ class RetryPolicy:
 
     def retries(self, exc: BaseException, failures: int) -> bool:
         """Whether a node that has failed ``failures`` times gets another attempt."""
-        return failures < self.max_attempts and isinstance(exc, self.retry_on)
+        return (
+            failures < self.max_attempts
+            and isinstance(exc, Exception)
+            and isinstance(exc, self.retry_on)
+        )
 
     def __call__(self, node: F) -> F:
         """Use the policy as a decorator: the node carries it."""

@@ -1,4 +1,4 @@
-"""Snapshot serializers (API.md section 4): the safe default and a signed pickle."""
+"""Snapshot serializers: the safe default and a signed pickle."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import hashlib
 import hmac
 import pickle
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any, Protocol, cast, runtime_checkable
 
 from . import _framing
@@ -14,13 +15,17 @@ from ._codec import (
     CollidingHashes,
     NestedTooDeeply,
     UnknownClassPolicy,
+    UnresolvedObject,
     ValueCodec,
     check_max_depth,
+    dict_children,
+    exception_text,
+    key_text,
 )
 from ._events import Event, StartEvent, StopEvent
 from ._ids import check_workflow_id
 from ._snapshot import SNAPSHOT_STATUSES, Decision, ErrorInfo, SnapshotStatus, WorkflowSnapshot
-from .errors import CorruptSnapshotError, SerializationError
+from .errors import CorruptSnapshotError, PersistenceError, SerializationError
 
 __all__ = ["JsonSerializer", "PickleSerializer", "Serializer"]
 
@@ -242,6 +247,10 @@ class PickleSerializer:
             raise CorruptSnapshotError(f"signed record could not be unpickled: {exc}") from exc
         if not isinstance(snapshot, WorkflowSnapshot):
             raise CorruptSnapshotError("signed record does not hold a WorkflowSnapshot")
+        try:
+            _envelope(snapshot)  # what dumps checked, so a snapshot loads only as it saved
+        except PersistenceError as exc:
+            raise CorruptSnapshotError(f"signed record holds a damaged snapshot: {exc}") from exc
         return snapshot
 
 
@@ -336,11 +345,11 @@ def _envelope(s: WorkflowSnapshot) -> list[Any]:
         error_row = None if error is None else [
             error.node, error.type, error.message, error.traceback, error.at
         ]
-    except AttributeError as exc:
+    except (AttributeError, TypeError) as exc:
         raise SerializationError(
-            f"history entries must be Decision and error an ErrorInfo: {exc}"
+            f"history must be a list of Decision and error an ErrorInfo: {exc}"
         ) from exc
-    return [
+    row = [
         _ENVELOPE_VERSION,
         workflow_id,
         status,
@@ -357,6 +366,114 @@ def _envelope(s: WorkflowSnapshot) -> list[Any]:
         s.updated_at,
         s.version,
     ]
+    if not _fits(row):
+        path, expected, value = _misfit(row)
+        raise SerializationError(
+            f"{path} must be {expected}, not {type(value).__name__}", path=path
+        )
+    return row
+
+
+_EVENT_TYPES = (Event, UnresolvedObject)  # a stand-in: an event class the reader lacks
+_AWARE = "a timezone-aware datetime"
+_ERROR_TEXTS = ("node", "type", "message", "traceback")
+
+
+def _fits(row: list[Any]) -> bool:
+    """Whether the envelope's fields have the types the runtime relies on.
+
+    Checked when saving and when loading alike: whatever saves, loads, and a damaged
+    record with a good checksum is refused at load, not half-way through a resume. It
+    runs on every save and load, hence one pass of plain loops; :func:`_misfit` makes the
+    same checks again to say what failed.
+    """
+    current_node, event, nodes, attempts, error = row[4], row[5], row[6], row[9], row[10]
+    created_at, updated_at = row[12], row[13]
+    if not (
+        (current_node is None or type(current_node) is str)
+        and (event is None or isinstance(event, _EVENT_TYPES))
+        and type(nodes) is list
+        and type(attempts) is dict
+        and type(created_at) is datetime and created_at.tzinfo is not None
+        and type(updated_at) is datetime and updated_at.tzinfo is not None
+        and type(row[14]) is int
+    ):
+        return False
+    for node in nodes:
+        if type(node) is not str:
+            return False
+    for key, count in attempts.items():
+        if type(key) is not str or type(count) is not int:
+            return False
+    for entry in row[8]:
+        if not (
+            type(entry) is list and 5 <= len(entry) <= 6 and type(entry[0]) is str
+            and type(entry[3]) is datetime and entry[3].tzinfo is not None
+            and (entry[4] is None or (type(entry[4]) is datetime and entry[4].tzinfo is not None))
+            and (len(entry) == 5 or type(entry[5]) is int)
+        ):
+            return False
+    return error is None or _error_misfit(error) is None
+
+
+def _misfit(row: list[Any]) -> tuple[str, str, Any]:
+    """The first field :func:`_fits` refuses: its path, what it must be, and its value."""
+    current_node, event, nodes, attempts, error = row[4], row[5], row[6], row[9], row[10]
+    if current_node is not None and type(current_node) is not str:
+        return "current_node", "a str or None", current_node
+    if event is not None and not isinstance(event, _EVENT_TYPES):
+        return "event", "an Event or None", event
+    if type(nodes) is not list:
+        return "completed_nodes", "a list of str", nodes
+    for i, node in enumerate(nodes):
+        if type(node) is not str:
+            return f"completed_nodes[{i}]", "a str", node
+    for i, entry in enumerate(row[8]):
+        misfit = _decision_misfit(entry)
+        if misfit is not None:
+            return f"history[{i}]{misfit[0]}", misfit[1], misfit[2]
+    if type(attempts) is not dict:
+        return "attempts", "a dict of str to int", attempts
+    for key, count in attempts.items():
+        if type(key) is not str:
+            return f"attempts[{key_text(key)}] (key)", "a str", key
+        if type(count) is not int:
+            return f"attempts[{key_text(key)}]", "an int", count
+    misfit = None if error is None else _error_misfit(error)
+    if misfit is not None:
+        return f"error{misfit[0]}", misfit[1], misfit[2]
+    for name, value in (("created_at", row[12]), ("updated_at", row[13])):
+        if type(value) is not datetime or value.tzinfo is None:
+            return name, _AWARE, value
+    return "version", "an int", row[14]
+
+
+def _decision_misfit(entry: Any) -> tuple[str, str, Any] | None:
+    if type(entry) is not list or not 5 <= len(entry) <= 6:
+        return "", "a Decision", entry
+    node, asked_at, answered_at = entry[0], entry[3], entry[4]
+    if type(node) is not str:
+        return ".node", "a str", node
+    if type(asked_at) is not datetime or asked_at.tzinfo is None:
+        return ".asked_at", _AWARE, asked_at
+    if answered_at is not None and (
+        type(answered_at) is not datetime or answered_at.tzinfo is None
+    ):
+        return ".answered_at", f"None or {_AWARE}", answered_at
+    if len(entry) == 6 and type(entry[5]) is not int:
+        return ".step", "an int", entry[5]
+    return None
+
+
+def _error_misfit(error: Any) -> tuple[str, str, Any] | None:
+    if type(error) is not list or len(error) != 5:
+        return "", "an ErrorInfo", error
+    for name, value in zip(_ERROR_TEXTS, error, strict=False):
+        if type(value) is not str:
+            return f".{name}", "a str", value
+    if type(error[4]) is not datetime or error[4].tzinfo is None:
+        return ".at", _AWARE, error[4]
+    return None
 
 
 def _envelope_parts(s: WorkflowSnapshot, row: list[Any]) -> Iterator[tuple[str, Any]]:
@@ -411,10 +528,13 @@ def _from_row(row: Any) -> WorkflowSnapshot:
         or type(state) is not dict
         or type(metadata) is not dict
         or type(history) is not list
-        or not all(type(entry) is list and len(entry) in (5, 6) for entry in history)
-        or not (error is None or (type(error) is list and len(error) == 5))
     ):
         raise CorruptSnapshotError("damaged record: wrong field types")
+    if not _fits(row):
+        path, expected, value = _misfit(row)
+        raise CorruptSnapshotError(
+            f"damaged record: {path} is a {type(value).__name__}, not {expected}"
+        )
     return WorkflowSnapshot(  # positional: the envelope keeps the dataclass's field order
         workflow_id,
         cast(SnapshotStatus, status),
@@ -434,6 +554,18 @@ def _from_row(row: Any) -> WorkflowSnapshot:
 
 
 def _explain_pickle(snapshot: WorkflowSnapshot, exc: BaseException, protocol: int) -> Exception:
+    """Name the part of the snapshot pickle refused; never raises anything else."""
+    reason = exception_text(exc)
+    try:
+        where = _unpicklable_path(snapshot, protocol)
+    except Exception:  # the snapshot's own code failed again while being looked at
+        where = None
+    if where is None:
+        return SerializationError(f"cannot pickle the snapshot: {reason}")
+    return SerializationError(f"cannot pickle {where}: {reason}", path=where)
+
+
+def _unpicklable_path(snapshot: WorkflowSnapshot, protocol: int) -> str | None:
     def picklable(value: Any) -> bool:
         try:
             pickle.dumps(value, protocol=protocol)
@@ -442,12 +574,32 @@ def _explain_pickle(snapshot: WorkflowSnapshot, exc: BaseException, protocol: in
         return True
 
     for path, value in _envelope_parts(snapshot, _envelope(snapshot)):
-        if picklable(value):
-            continue
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if not picklable(item):
-                    path = f"{path}[{key!r}]"
-                    break
-        return SerializationError(f"cannot pickle {path}: {exc}", path=path)
-    return SerializationError(f"cannot pickle the snapshot: {exc}")
+        if not picklable(value):
+            return _innermost_unpicklable(value, path, picklable, set())
+    return None
+
+
+def _innermost_unpicklable(
+    value: Any, path: str, picklable: Callable[[Any], bool], active: set[int]
+) -> str:
+    """The path of the innermost part of ``value`` that pickle refuses (``value`` is one)."""
+    kind = type(value)
+    children: Iterable[tuple[str, Any]]
+    if kind is dict:
+        children = dict_children(value, path)
+    elif kind is list or kind is tuple or kind is set or kind is frozenset:
+        children = ((f"{path}[{i}]", item) for i, item in enumerate(value))
+    elif isinstance(getattr(value, "__dict__", None), dict):  # an instance: its attributes
+        children = ((f"{path}.{name}", item) for name, item in vars(value).items())
+    else:
+        return path
+    active.add(id(value))
+    try:
+        for child_path, child in children:
+            if id(child) not in active and not picklable(child):
+                return _innermost_unpicklable(child, child_path, picklable, active)
+    except RecursionError:
+        pass
+    finally:
+        active.discard(id(value))
+    return path

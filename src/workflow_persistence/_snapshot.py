@@ -1,7 +1,8 @@
-"""What a snapshot holds (API.md section 1): the complete "save game" of a run."""
+"""What a snapshot holds: the complete "save game" of a run."""
 
 from __future__ import annotations
 
+import traceback as _traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,6 +36,12 @@ class Decision:
     step: int = field(default=0, compare=False)
 
 
+#: Longest message and traceback an ErrorInfo keeps (characters): a failure must stay
+#: storable, whatever an exception's text holds.
+MAX_ERROR_MESSAGE = 4_000
+MAX_ERROR_TRACEBACK = 40_000
+
+
 @dataclass
 class ErrorInfo:
     """Why a node failed: enough to inspect the failure without the process that saw it."""
@@ -44,6 +51,64 @@ class ErrorInfo:
     message: str
     traceback: str
     at: datetime = field(default_factory=utc_now)
+
+    @classmethod
+    def from_exception(cls, node: str, exc: BaseException) -> ErrorInfo:
+        """Describe ``exc`` in text that can always be stored.
+
+        A failure must be recorded whatever the exception does: its ``str()`` may raise
+        or hold lone surrogates, its text may be huge. Neither stops the description.
+        """
+        return cls(
+            node=node,
+            type=exception_type_name(exc),
+            message=clip(exception_text(exc), MAX_ERROR_MESSAGE),
+            traceback=clip(_traceback_text(exc), MAX_ERROR_TRACEBACK),
+            at=utc_now(),
+        )
+
+
+def exception_type_name(exc: BaseException) -> str:
+    """``module.QualName`` of the exception's class."""
+    cls = type(exc)
+    try:
+        return printable(f"{cls.__module__}.{cls.__qualname__}")
+    except Exception:  # a __module__ that is not text, and formats badly
+        return printable(cls.__qualname__)
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)``, else ``repr(exc)``, else a placeholder: never raises."""
+    failures: list[str] = []
+    for render in (str, repr):
+        try:
+            text = render(exc)
+        except BaseException as problem:  # a broken __str__ may raise anything
+            failures.append(f"{render.__name__}() raised {type(problem).__name__}")
+            continue
+        text = printable(text)
+        return f"{text} [{failures[0]}]" if failures else text
+    return f"<{type(exc).__name__} object: {' and '.join(failures)}>"
+
+
+def _traceback_text(exc: BaseException) -> str:
+    try:
+        return printable("".join(_traceback.format_exception(exc)))
+    except BaseException as problem:  # formatting runs the exception's code
+        return f"<the traceback could not be formatted: {type(problem).__name__}>"
+
+
+def printable(text: str) -> str:
+    """Plain ``str`` that encodes as UTF-8: lone surrogates become escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, keeping its head and its tail."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}"
 
 
 @dataclass

@@ -213,9 +213,13 @@ class TableStatements:
     # -- interpreting results -----------------------------------------------------------
 
     @staticmethod
-    def mysql_upserted_version(lastrowid: int | None) -> int:
-        """The version a MySQL upsert wrote: 0 in the OK packet means it inserted."""
-        return lastrowid or 1
+    def mysql_upserted_version(lastrowid: int | None, rowcount: int) -> int | None:
+        """The version a MySQL upsert wrote: 0 in the OK packet means it inserted (one
+        row affected). After an update (two), 0 means the stored version was NULL or -1,
+        damaged: None."""
+        if lastrowid:
+            return lastrowid
+        return 1 if rowcount == 1 else None
 
     def inserted_new(self, rowcount: int, lastrowid: int | None) -> bool:
         """Whether an insert-if-absent inserted (False: a record was already there)."""

@@ -7,20 +7,28 @@ loaded. Of two concurrent resumes exactly one claim succeeds; the other raises
 ConflictError before any node runs. The database's own compare-and-set carries this, so
 it holds across threads, processes and machines.
 
-While a node runs, the state as it was when the node was entered is kept (encoded by the
-persistence's serializer, which is also a deep copy). If the node pauses or fails, that
-state is what is saved or retried with, so the node's writes happen once.
+While a node runs, its state and event as they were when the node was entered are kept
+(encoded by the persistence's serializer, which is also a deep copy). If the node pauses or
+fails, that is what is saved or retried with, so the node's writes happen once.
+
+A claimed run is never left "running" when ``start`` or ``resume`` returns or raises.
+Whatever goes wrong after the claim (a node's exception, KeyboardInterrupt, a value that
+cannot be stored, an exception that cannot even be printed, the runtime's own steps) is
+saved as a "failed" snapshot that ``resume`` retries. What can be checked without running
+anything (a damaged record, a node the workflow no longer has, an answer that cannot be
+stored) is refused before the claim, and the stored run stays as it was. Only a process
+that dies, or storage that fails in the middle of a write, leaves a run "running": that is
+what ``take_over`` is for.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-import traceback
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 from ._events import Event, StartEvent, StopEvent
 from ._graph import NodeSpec, build_graph
@@ -28,19 +36,32 @@ from ._ids import check_workflow_id
 from ._interrupts import NodeInterrupted, NodeVisit, current_visit
 from ._memory import InMemoryPersistence
 from ._retry import NO_RETRY, RetryPolicy
-from ._snapshot import Decision, ErrorInfo, WorkflowSnapshot, utc_now
+from ._snapshot import (
+    SNAPSHOT_STATUSES,
+    Decision,
+    ErrorInfo,
+    WorkflowSnapshot,
+    clip,
+    exception_text,
+    utc_now,
+)
 from .abc import Persistence
 from .errors import (
     ConflictError,
+    CorruptSnapshotError,
     InvalidArgumentError,
-    PayloadTooLargeError,
     SerializationError,
+    StorageUnavailableError,
     WorkflowDefinitionError,
     WorkflowError,
     WorkflowFailedError,
 )
 
 __all__ = ["RunResult", "Workflow", "WorkflowState", "new_workflow_id"]
+
+#: A running run saved more recently than this is presumed alive: its caller is told to
+#: wait, not to take it over.
+RECENTLY_SAVED = timedelta(minutes=5)
 
 
 def new_workflow_id() -> str:
@@ -79,6 +100,25 @@ class RunResult:
     result: Any = None
     interrupt: Any = None
     version: int | None = None  # of the saved snapshot: resume(..., expected_version=)
+
+
+@dataclass
+class _Claim:
+    """A run this caller has claimed, and the node it is at.
+
+    ``held`` stays true while the stored record is this caller's "running" snapshot, that
+    is until the run is saved as paused or failed, deleted, or lost to a take-over: a
+    claim still held when ``start``/``resume`` leaves is saved as failed.
+    """
+
+    snapshot: WorkflowSnapshot
+    spec: NodeSpec
+    event: Event
+    state: WorkflowState
+    step: int = 0  # nodes completed when this node was entered
+    entry: bytes | None = None  # the state and event as the node found them, encoded
+    failure: BaseException | None = None  # what to record, when not what is raised
+    held: bool = True
 
 
 class Workflow:
@@ -131,6 +171,8 @@ class Workflow:
         """Begin a run; it returns when the run completes or pauses at an interrupt.
 
         The id must be new: starting under the id of a stored run raises ConflictError.
+        A state or metadata that cannot be stored raises SerializationError and stores
+        nothing.
         """
         workflow_id = new_workflow_id() if workflow_id is None else check_workflow_id(workflow_id)
         if state is not None and not isinstance(state, Mapping):
@@ -154,7 +196,7 @@ class Workflow:
                 workflow_id=workflow_id,
                 expected_version=0,
             ) from exc
-        return self._drive(snapshot)
+        return self._drive(self._claimed(snapshot))
 
     def resume(
         self,
@@ -172,48 +214,28 @@ class Workflow:
         if the run has moved on since, ConflictError and nothing happens.
 
         A run still marked "running" (its claimant is busy, or died) raises ConflictError
-        saying since when; ``take_over=True`` claims it anyway, and
-        ``take_over=timedelta(...)`` only if nothing was saved for at least that long (a
-        running run is saved after every node). Taking over re-runs the node that was
-        running, so use it only when the claimant is known to be gone.
+        saying since when. ``take_over=timedelta(...)`` claims it only if nothing was
+        saved for at least that long (a running run is saved after every node, so pick
+        more than your slowest node takes): the safe way to recover from a dead claimant.
+        ``take_over=True`` claims it at once; use it only when the claimant is known to be
+        gone, since taking over re-runs the node that was running.
         """
+        if not isinstance(take_over, bool | timedelta):
+            raise InvalidArgumentError(
+                f"take_over must be a bool or a timedelta, not {type(take_over).__name__}"
+            )
         snapshot = self.persistence.load(workflow_id)
-        loaded_version = snapshot.version
+        _check_resumable(snapshot)
+        loaded_version, stored_status = snapshot.version, snapshot.status
         if expected_version is not None and loaded_version != expected_version:
             raise ConflictError(
                 f"run {workflow_id!r} has moved on: it is at version {loaded_version}, not"
-                f" {expected_version} (status {snapshot.status!r}); nothing was done",
+                f" {expected_version} (status {stored_status!r}); nothing was done",
                 workflow_id=workflow_id,
                 expected_version=expected_version,
             )
-        if snapshot.status == "running":
-            self._check_take_over(snapshot, take_over)
-            if answer is not None:
-                raise WorkflowError(
-                    f"run {workflow_id!r} is not waiting for an answer; resume it without one"
-                )
-        elif snapshot.status == "interrupted":
-            pending = snapshot.history[-1] if snapshot.history else None
-            if pending is None or pending.answered_at is not None:
-                raise WorkflowError(f"run {workflow_id!r} has no pending interrupt to answer")
-            pending.answer = answer
-            pending.answered_at = utc_now()
-        elif snapshot.status == "failed" and answer is not None:
-            raise WorkflowError(
-                f"run {workflow_id!r} failed at node {snapshot.current_node!r}; resume"
-                " it without an answer to retry that node"
-            )
-        spec = self._by_name.get(snapshot.current_node)  # type: ignore[arg-type]
-        if spec is None:
-            raise WorkflowDefinitionError(
-                f"run {workflow_id!r} is at node {snapshot.current_node!r}, which this"
-                f" workflow does not have (its nodes: {', '.join(self._by_name)})"
-            )
-        if not isinstance(snapshot.event, spec.handles):
-            raise WorkflowError(
-                f"run {workflow_id!r} holds a {type(snapshot.event).__name__} for node"
-                f" {spec.name!r}, which handles {spec.handles.__qualname__}"
-            )
+        self._take_answer(snapshot, answer, take_over)
+        spec = self._node_to_resume(snapshot)
         snapshot.status = "running"
         snapshot.interrupt = None
         snapshot.error = None
@@ -226,129 +248,208 @@ class Workflow:
                 workflow_id=workflow_id,
                 expected_version=loaded_version,
             ) from exc
-        return self._drive(snapshot)
+        except SerializationError as exc:  # the answer: the claim wrote nothing
+            raise SerializationError(
+                f"run {workflow_id!r} was not resumed and is stored as it was"
+                f" ({stored_status}): {exc}",
+                path=exc.path,
+            ) from exc
+        return self._drive(self._claimed(snapshot, spec))
+
+    def _take_answer(
+        self, snapshot: WorkflowSnapshot, answer: Any, take_over: bool | timedelta
+    ) -> None:
+        """Check the run can take ``answer`` (or none) and record it."""
+        workflow_id = snapshot.workflow_id
+        if snapshot.status == "running":
+            self._check_take_over(snapshot, take_over)
+            if answer is not None:
+                raise WorkflowError(
+                    f"run {workflow_id!r} is not waiting for an answer; resume it without one"
+                )
+        elif snapshot.status == "interrupted":
+            pending = snapshot.history[-1] if snapshot.history else None
+            if pending is None or pending.answered_at is not None:
+                raise WorkflowError(f"run {workflow_id!r} has no pending interrupt to answer")
+            pending.answer = answer
+            pending.answered_at = utc_now()
+        elif answer is not None:  # failed
+            raise WorkflowError(
+                f"run {workflow_id!r} failed at node {snapshot.current_node!r}; resume"
+                " it without an answer to retry that node"
+            )
+
+    def _node_to_resume(self, snapshot: WorkflowSnapshot) -> NodeSpec:
+        spec = self._by_name.get(snapshot.current_node)  # type: ignore[arg-type]
+        if spec is None:
+            raise WorkflowDefinitionError(
+                f"run {snapshot.workflow_id!r} is at node {snapshot.current_node!r}, which"
+                f" this workflow does not have (its nodes: {', '.join(self._by_name)});"
+                " resume it with a workflow that has that node. The run is stored as it was"
+            )
+        if not isinstance(snapshot.event, spec.handles):
+            raise WorkflowError(
+                f"run {snapshot.workflow_id!r} holds a {type(snapshot.event).__name__} for"
+                f" node {spec.name!r}, which handles {spec.handles.__qualname__}"
+            )
+        return spec
 
     def _check_take_over(self, snapshot: WorkflowSnapshot, take_over: bool | timedelta) -> None:
         since = snapshot.updated_at
-        running_for = utc_now() - since
-        if take_over is True or (
-            isinstance(take_over, timedelta) and not isinstance(take_over, bool)
-            and running_for >= take_over
-        ):
+        quiet_for = max(utc_now() - since, timedelta(0))
+        if take_over is True or (isinstance(take_over, timedelta) and quiet_for >= take_over):
             return
+        head = (
+            f"run {snapshot.workflow_id!r} is marked running by another caller and was last"
+            f" saved {_rounded(quiet_for)} ago (at {since.isoformat()}); nothing was done."
+        )
         raise ConflictError(
-            f"run {snapshot.workflow_id!r} is being run by another caller since"
-            f" {since.isoformat()} (for {_rounded(running_for)}); if that caller is gone,"
-            " resume with take_over=True",
+            f"{head} {_take_over_advice(quiet_for, take_over)}",
             workflow_id=snapshot.workflow_id,
             expected_version=snapshot.version,
             running_since=since,
         )
+
+    def _claimed(self, snapshot: WorkflowSnapshot, spec: NodeSpec | None = None) -> _Claim:
+        state = WorkflowState(
+            snapshot.state, workflow_id=snapshot.workflow_id, metadata=snapshot.metadata
+        )
+        spec = spec or self._by_name[snapshot.current_node]  # type: ignore[index]
+        return _Claim(snapshot, spec, snapshot.event, state)  # type: ignore[arg-type]
 
     # -- running ------------------------------------------------------------------------
 
     def _save(self, snapshot: WorkflowSnapshot, *, expected_version: int) -> None:
         snapshot.version = self.persistence.save(snapshot, expected_version=expected_version)
 
-    def _entry_copy(self, snapshot: WorkflowSnapshot, state: dict[str, Any]) -> bytes:
-        """The state as the node finds it, deep-copied by the persistence's serializer."""
-        return self.persistence.serializer.dumps(
-            WorkflowSnapshot(snapshot.workflow_id, status="running", state=dict(state))
-        )
+    def _store(self, claim: _Claim, *, settles: bool) -> None:
+        """Save the claimed run; ``settles``: it is no longer "running" once saved."""
+        try:
+            self._save(claim.snapshot, expected_version=claim.snapshot.version)
+        except ConflictError as exc:
+            claim.held = False
+            raise _taken_over(claim.snapshot) from exc
+        if settles:
+            claim.held = False
 
-    def _restore(self, entry: bytes, snapshot: WorkflowSnapshot) -> WorkflowState:
-        values = self.persistence.serializer.loads(entry).state
-        return WorkflowState(values, workflow_id=snapshot.workflow_id, metadata=snapshot.metadata)
+    def _drive(self, claim: _Claim) -> RunResult:
+        """Run the claimed run until it completes or pauses; whatever is raised, the
+        stored run is left paused, failed or gone, never "running"."""
+        try:
+            return self._advance(claim)
+        except BaseException as raised:
+            if claim.held:
+                self._settle_as_failed(claim, raised)
+            raise
 
-    def _drive(self, snapshot: WorkflowSnapshot) -> RunResult:
+    def _advance(self, claim: _Claim) -> RunResult:
         """Run nodes from the claimed snapshot until the run completes or pauses.
 
         After every node the run is saved (the next node, its event and the state it
         will find): a heartbeat for take-over, and where a take-over starts again.
         """
-        spec = self._by_name[snapshot.current_node]  # type: ignore[index]
-        event: Event = snapshot.event  # type: ignore[assignment]
-        state = WorkflowState(
-            snapshot.state, workflow_id=snapshot.workflow_id, metadata=snapshot.metadata
-        )
-        entry = self._entry_copy(snapshot, state)  # stored with the claim: it encodes
+        snapshot = claim.snapshot
         while True:
-            outcome = self._run_node(spec, event, state, entry, snapshot)
-            if isinstance(outcome, RunResult):
-                return outcome
-            returned, state = outcome
-            snapshot.completed_nodes.append(spec.name)
+            self._enter(claim)
+            returned = self._run_node(claim)
+            if isinstance(returned, RunResult):
+                return returned
+            snapshot.completed_nodes.append(claim.spec.name)
             if isinstance(returned, StopEvent):
-                self._finish(snapshot)
-                return RunResult(snapshot.workflow_id, "completed", dict(state), returned.result)
-            next_spec = self._graph[type(returned)]
-            try:
-                snapshot.current_node, snapshot.event = next_spec.name, returned
-                snapshot.state = dict(state)
-                self._save(snapshot, expected_version=snapshot.version)
-                next_entry = self._entry_copy(snapshot, state)
-            except ConflictError as exc:
-                raise self._taken_over(snapshot) from exc
-            except (SerializationError, PayloadTooLargeError) as exc:
-                # The node handed on what cannot be stored: it is the node that failed.
-                snapshot.completed_nodes.pop()
-                self._fail(spec, event, entry, snapshot, exc, raise_as=exc)
-            spec, event, entry = next_spec, returned, next_entry
+                result = returned.result  # read before the record goes
+                self._finish(claim)
+                return RunResult(snapshot.workflow_id, "completed", dict(claim.state), result)
+            self._hand_on(claim, returned)
 
-    def _finish(self, snapshot: WorkflowSnapshot) -> None:
+    def _enter(self, claim: _Claim) -> None:
+        """Keep the state and event as the node finds them (the serializer deep-copies)."""
+        claim.step = len(claim.snapshot.completed_nodes)
+        claim.entry = None
+        event = claim.event if getattr(claim.event, "__dataclass_fields__", None) else None
+        claim.entry = self.persistence.serializer.dumps(
+            WorkflowSnapshot(
+                claim.snapshot.workflow_id, status="running", state=dict(claim.state), event=event
+            )
+        )
+
+    def _restore(self, claim: _Claim) -> tuple[WorkflowState, Event]:
+        """The state and event as the node found them (an event without fields as it is)."""
+        if claim.entry is None:
+            raise WorkflowError("the state the node found was never copied")
+        kept = self.persistence.serializer.loads(claim.entry)
+        state = WorkflowState(
+            kept.state, workflow_id=kept.workflow_id, metadata=claim.state.metadata
+        )
+        return state, claim.event if kept.event is None else kept.event
+
+    def _hand_on(self, claim: _Claim, returned: Event) -> None:
+        """Save the run at the next node: if that cannot be stored, the node failed."""
+        snapshot = claim.snapshot
+        next_spec = self._graph[type(returned)]
+        snapshot.current_node, snapshot.event = next_spec.name, returned
+        snapshot.state = dict(claim.state)
+        self._store(claim, settles=False)
+        claim.spec, claim.event = next_spec, returned
+
+    def _finish(self, claim: _Claim) -> None:
         """A completed run deletes its record, if it still holds the claim."""
+        snapshot = claim.snapshot
         try:
             self.persistence.delete(snapshot.workflow_id, expected_version=snapshot.version)
         except ConflictError as exc:
-            raise self._taken_over(snapshot) from exc
+            claim.held = False
+            raise _taken_over(snapshot) from exc
+        claim.held = False
 
-    @staticmethod
-    def _taken_over(snapshot: WorkflowSnapshot) -> ConflictError:
-        return ConflictError(
-            f"run {snapshot.workflow_id!r} was taken over by another caller while this one"
-            " ran it; this one stopped and left the stored run alone",
-            workflow_id=snapshot.workflow_id,
-            expected_version=snapshot.version,
-        )
-
-    def _run_node(
-        self,
-        spec: NodeSpec,
-        event: Event,
-        state: WorkflowState,
-        entry: bytes,
-        snapshot: WorkflowSnapshot,
-    ) -> RunResult | tuple[Event, WorkflowState]:
+    def _run_node(self, claim: _Claim) -> RunResult | Event:
         """Run one node with its retries: its next event, or the run's paused result."""
+        spec = claim.spec
         policy = spec.retry or self.retry
-        step = len(snapshot.completed_nodes)
-        answers = [d.answer for d in snapshot.history if d.step == step and d.node == spec.name]
+        attempts = claim.snapshot.attempts
+        answers = [
+            d.answer for d in claim.snapshot.history if d.step == claim.step and d.node == spec.name
+        ]
         failures = 0
         while True:
             visit = NodeVisit(spec.name, answers)
             token = current_visit.set(visit)
             try:
-                returned = spec.fn(event, state)
+                returned = spec.fn(claim.event, claim.state)
             except NodeInterrupted as asked:
-                return self._pause(spec, event, entry, snapshot, asked.payload, step)
-            except Exception as exc:
-                snapshot.attempts[spec.name] = snapshot.attempts.get(spec.name, 0) + 1
+                return self._pause(claim, asked.payload)
+            except BaseException as exc:  # recorded as failed by _drive, then raised
+                attempts[spec.name] = attempts.get(spec.name, 0) + 1
                 failures += 1
                 swallowed = _swallowed_interrupt(spec, visit)
                 if swallowed is not None:
-                    self._fail(spec, event, entry, snapshot, swallowed, raise_as=swallowed)
+                    raise swallowed from exc
                 if policy.retries(exc, failures):
                     time.sleep(policy.delay(failures))
-                    state = self._restore(entry, snapshot)
+                    claim.state, claim.event = self._restore(claim)
                     continue
-                self._fail(spec, event, entry, snapshot, exc)
+                if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: as they are
+                    raise
+                claim.failure = exc
+                raise self._failed(claim, exc) from exc
             finally:
                 current_visit.reset(token)
-            snapshot.attempts[spec.name] = snapshot.attempts.get(spec.name, 0) + 1
+            attempts[spec.name] = attempts.get(spec.name, 0) + 1
             problem = _swallowed_interrupt(spec, visit) or self._returned_problem(spec, returned)
             if problem is not None:
-                self._fail(spec, event, entry, snapshot, problem, raise_as=problem)
-            return returned, state
+                raise problem
+            return returned  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _failed(claim: _Claim, exc: Exception) -> WorkflowFailedError:
+        name, workflow_id = claim.spec.name, claim.snapshot.workflow_id
+        attempts = claim.snapshot.attempts.get(name, 0)
+        return WorkflowFailedError(
+            f"node {name!r} of run {workflow_id!r} failed ({type(exc).__name__}:"
+            f" {clip(exception_text(exc), 500)}); the run was saved as failed after"
+            f" {attempts} attempt{'s' if attempts != 1 else ''}, resume it to retry",
+            workflow_id=workflow_id,
+            node=name,
+        )
 
     def _returned_problem(self, spec: NodeSpec, returned: object) -> WorkflowDefinitionError | None:
         if not isinstance(returned, Event):
@@ -362,74 +463,205 @@ class Workflow:
             )
         return None
 
-    def _pause(
-        self,
-        spec: NodeSpec,
-        event: Event,
-        entry: bytes,
-        snapshot: WorkflowSnapshot,
-        payload: Any,
-        step: int,
-    ) -> RunResult:
-        saved_state = self._restore(entry, snapshot)
+    def _pause(self, claim: _Claim, payload: Any) -> RunResult:
+        """Save the run as interrupted, with the state and event as the node found them.
+
+        A payload that cannot be stored raises here; the run is then saved as failed at
+        this node, with the question left out of its history.
+        """
+        state, event = self._restore(claim)
+        snapshot = claim.snapshot
         snapshot.status = "interrupted"
-        snapshot.state = dict(saved_state)
-        snapshot.current_node = spec.name
+        snapshot.state = dict(state)
+        snapshot.current_node = claim.spec.name
         snapshot.event = event
         snapshot.interrupt = payload
-        snapshot.history.append(Decision(spec.name, payload, asked_at=utc_now(), step=step))
-        try:
-            self._save(snapshot, expected_version=snapshot.version)
-        except ConflictError as exc:
-            raise self._taken_over(snapshot) from exc
-        except (SerializationError, PayloadTooLargeError) as exc:
-            snapshot.history.pop()  # asked with what cannot be stored: the node failed
-            self._fail(spec, event, entry, snapshot, exc, raise_as=exc)
+        snapshot.history.append(
+            Decision(claim.spec.name, payload, asked_at=utc_now(), step=claim.step)
+        )
+        self._store(claim, settles=True)
         return RunResult(
             snapshot.workflow_id,
             "interrupted",
-            dict(saved_state),
+            dict(state),
             interrupt=payload,
             version=snapshot.version,
         )
 
-    def _fail(
-        self,
-        spec: NodeSpec,
-        event: Event,
-        entry: bytes,
-        snapshot: WorkflowSnapshot,
-        exc: BaseException,
-        *,
-        raise_as: BaseException | None = None,
-    ) -> NoReturn:
-        """Save a "failed" snapshot, then raise (WorkflowFailedError unless ``raise_as``)."""
-        snapshot.status = "failed"
-        snapshot.state = dict(self._restore(entry, snapshot))
-        snapshot.current_node = spec.name
-        snapshot.event = event
-        snapshot.interrupt = None
-        snapshot.error = ErrorInfo(
-            node=spec.name,
-            type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-            message=str(exc),
-            traceback="".join(traceback.format_exception(exc)),
-            at=utc_now(),
-        )
+    # -- failing --------------------------------------------------------------------------
+
+    def _settle_as_failed(self, claim: _Claim, raised: BaseException) -> None:
+        """Save the claimed run as failed at its node, so it is never left "running".
+
+        ``raised`` still propagates afterwards. If the failure cannot be saved, that error
+        propagates instead, except over KeyboardInterrupt and SystemExit, which still stop
+        the program (with a note), and over a storage failure whose own write may have
+        landed (then the record moved on, and the storage error is the news).
+        """
         try:
-            self._save(snapshot, expected_version=snapshot.version)
-        except ConflictError as conflict:
-            raise self._taken_over(snapshot) from conflict
-        if raise_as is not None:
-            raise raise_as
-        attempts = snapshot.attempts.get(spec.name, 0)
-        raise WorkflowFailedError(
-            f"node {spec.name!r} of run {snapshot.workflow_id!r} failed"
-            f" ({type(exc).__name__}: {exc}); the run was saved as failed after"
-            f" {attempts} attempt{'s' if attempts != 1 else ''}, resume it to retry",
-            workflow_id=snapshot.workflow_id,
-            node=spec.name,
-        ) from exc
+            self._save_failure(claim, claim.failure or raised)
+        except BaseException as problem:
+            if not isinstance(raised, Exception):
+                raised.add_note(
+                    f"the run could not be saved as failed ({type(problem).__name__}:"
+                    f" {clip(exception_text(problem), 500)})"
+                )
+                return
+            if isinstance(problem, ConflictError) and isinstance(raised, StorageUnavailableError):
+                return
+            raise
+
+    def _save_failure(self, claim: _Claim, exc: BaseException) -> None:
+        """Save a "failed" snapshot at the claim's node, with the best state there is."""
+        snapshot = claim.snapshot
+        snapshot.status = "failed"
+        snapshot.current_node = claim.spec.name
+        snapshot.interrupt = None
+        del snapshot.completed_nodes[claim.step :]
+        while snapshot.history and snapshot.history[-1].answered_at is None:
+            snapshot.history.pop()  # a question that was never stored as asked
+        error = ErrorInfo.from_exception(claim.spec.name, exc)
+        problem: Exception | None = None
+        for state, event, note in self._failure_contents(claim):
+            snapshot.state, snapshot.event = state, event
+            snapshot.error = replace(error, message=error.message + note) if note else error
+            try:
+                self._store(claim, settles=True)
+            except (ConflictError, StorageUnavailableError):
+                raise
+            except Exception as exc_of_save:
+                problem = exc_of_save
+                continue
+            return
+        assert problem is not None
+        raise problem
+
+    def _failure_contents(self, claim: _Claim) -> Iterator[tuple[dict[str, Any], Any, str]]:
+        """What a failed snapshot can hold, best first, with a note for the error message.
+
+        The state and event as the node found them, so a retry starts where the node
+        did; if those cannot be rebuilt or stored, as the node left them; failing that,
+        none (the run can then only be inspected and deleted, and the error says so).
+        """
+        try:
+            state, event = self._restore(claim)
+        except Exception as exc:
+            lost = (
+                "the state and event as the node found them could not be rebuilt"
+                f" ({type(exc).__name__}: {clip(exception_text(exc), 500)})"
+            )
+        else:
+            yield dict(state), event, ""
+            lost = "the state and event as the node found them could not be stored"
+        yield dict(claim.state), claim.event, f" [{lost}; saved as the node left them]"
+        yield {}, None, f" [{lost}, nor as the node left them; they were dropped]"
+
+
+_DAMAGE_HINT = "; nothing was done. Restore the record from a backup, or delete it"
+
+
+def _check_resumable(snapshot: WorkflowSnapshot) -> None:
+    """Refuse a loaded snapshot whose fields have the wrong types, before any claim.
+
+    A serializer other than the default (or a damaged record) may hand back anything;
+    resuming it would fail half-way through, with the run claimed.
+    """
+    problem = _damage(snapshot)
+    if problem is not None:
+        raise CorruptSnapshotError(
+            f"run {snapshot.workflow_id!r} cannot be resumed: its stored snapshot is damaged"
+            f" ({problem}){_DAMAGE_HINT}"
+        )
+
+
+def _damage(s: WorkflowSnapshot) -> str | None:
+    """What is wrong with the snapshot's fields, or None."""
+    if (  # the common case, quickly: it runs on every resume
+        s.status in _STATUSES
+        and isinstance(s.state, dict)
+        and isinstance(s.metadata, dict)
+        and isinstance(s.current_node, str)
+        and isinstance(s.event, Event)
+        and _is_names(s.completed_nodes)
+        and _is_attempts(s.attempts)
+        and _is_history(s.history)
+        and (s.error is None or isinstance(s.error, ErrorInfo))
+    ):
+        return None
+    checks: tuple[tuple[str, object, bool, str], ...] = (
+        ("status", s.status, s.status in _STATUSES, "'interrupted', 'failed' or 'running'"),
+        ("state", s.state, isinstance(s.state, dict), "a dict"),
+        ("metadata", s.metadata, isinstance(s.metadata, dict), "a dict"),
+        ("current_node", s.current_node, isinstance(s.current_node, str), "a node name"),
+        ("event", s.event, isinstance(s.event, Event), "an Event"),
+        ("completed_nodes", s.completed_nodes, _is_names(s.completed_nodes), "a list of names"),
+        ("attempts", s.attempts, _is_attempts(s.attempts), "a dict of names to counts"),
+        ("history", s.history, _is_history(s.history), "a list of Decision"),
+        ("error", s.error, False, "an ErrorInfo"),
+    )
+    for name, value, good, wanted in checks:
+        if not good:
+            shown = repr(value[:60]) if type(value) is str else f"of type {type(value).__name__}"
+            return f"{name} is {shown}, not {wanted}"
+    return None  # unreachable: one of the checks above failed
+
+
+_STATUSES = tuple(sorted(SNAPSHOT_STATUSES))  # a tuple: ``in`` compares, never hashes
+
+
+def _is_names(value: object) -> bool:
+    return isinstance(value, list) and all(type(item) is str for item in value)
+
+
+def _is_attempts(value: object) -> bool:
+    if not isinstance(value, dict):
+        return False
+    for name, count in value.items():
+        if type(name) is not str or type(count) is not int or count < 0:
+            return False
+    return True
+
+
+def _is_history(value: object) -> bool:
+    if not isinstance(value, list):
+        return False
+    for d in value:
+        if not isinstance(d, Decision) or type(d.node) is not str or type(d.step) is not int:
+            return False
+    return True
+
+
+def _taken_over(snapshot: WorkflowSnapshot) -> ConflictError:
+    return ConflictError(
+        f"run {snapshot.workflow_id!r} was taken over by another caller while this one"
+        " ran it; this one stopped and left the stored run alone",
+        workflow_id=snapshot.workflow_id,
+        expected_version=snapshot.version,
+    )
+
+
+def _take_over_advice(quiet_for: timedelta, take_over: bool | timedelta) -> str:
+    """What to do about a run another caller holds, given how long it has been quiet."""
+    if isinstance(take_over, timedelta):
+        return (
+            f"take_over={_rounded(take_over)} takes it over only once nothing has been saved"
+            " for that long: wait, and resume again later"
+        )
+    if quiet_for < RECENTLY_SAVED:
+        return (
+            "A running run is saved after every node, so its caller is most likely still"
+            " running it: wait for it to pause or finish. Taking it over now would run its"
+            " node a second time. If its caller may have died, resume with"
+            " take_over=timedelta(minutes=10) (or longer than your slowest node): it is"
+            " taken over only once nothing has been saved for that long"
+        )
+    return (
+        "A running run is saved after every node, so its caller has probably died (or its"
+        " node is slow). Resume with take_over=timedelta(...) longer than your slowest node"
+        " to take it over only if still nothing is saved for that long, or with"
+        " take_over=True once you know its caller is gone; the node that was running runs"
+        " again"
+    )
 
 
 def _swallowed_interrupt(spec: NodeSpec, visit: NodeVisit) -> WorkflowDefinitionError | None:

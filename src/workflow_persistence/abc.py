@@ -1,4 +1,4 @@
-"""The persistence interface (API.md section 2): what every backend implements."""
+"""The persistence interface: what every backend implements."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The ``workflow-persistence`` command line, for operators.
 
-Every command takes ``--url`` (default: ``$WORKFLOW_PERSISTENCE_URL``, else the local
-SQLite file). Errors are one line on stderr and a non-zero exit status, never a traceback.
+Every command takes ``--url``, before or after the command's name (default:
+``$WORKFLOW_PERSISTENCE_URL``, else the local SQLite file). Errors are one line on stderr
+and a non-zero exit status, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import argparse
 import base64
 import dataclasses
 import enum
+import importlib.metadata
 import json
 import math
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -35,6 +37,8 @@ from .errors import CorruptSnapshotError, PersistenceError, WorkflowError
 
 __all__ = ["format_age", "main", "parse_age"]
 
+DISTRIBUTION = "workflow-persistence"
+
 _AGE_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)")
 _AGE_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 
@@ -53,6 +57,38 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the installed distribution's version, looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> NoReturn:
+        print(f"{parser.prog} {installed_version()}")
+        parser.exit()
+
+
+def installed_version() -> str:
+    """The version pip installed (package metadata), ``unknown`` when run from a bare tree."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _positive_int(text: str) -> int:
+    """``--limit``: 0 would list nothing, and some tools read it as "no limit": refuse it."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be at least 1, not {number} (leave --limit out to list every workflow)"
+        )
+    return number
 
 
 def parse_age(text: str) -> timedelta:
@@ -187,13 +223,20 @@ def _cmd_list(args: argparse.Namespace) -> None:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return
     if not infos:
-        print("no stored workflows")
+        print(_nothing_listed(args.older_than))
         return
     ids = [_printable(i.workflow_id) for i in infos]
     width = max(len("WORKFLOW ID"), *(len(i) for i in ids))
     print(f"{'WORKFLOW ID':<{width}}  VERSION  UPDATED AT (UTC)                  CREATED AT (UTC)")
     for shown, i in zip(ids, infos, strict=True):
         print(f"{shown:<{width}}  {i.version:>7}  {_iso(i.updated_at):<32}  {_iso(i.created_at)}")
+
+
+def _nothing_listed(older_than: timedelta | None) -> str:
+    """Say "no stored workflows" only when none is stored, not when a filter left none."""
+    if older_than is None:
+        return "no stored workflows"
+    return f"no stored workflows not updated for {format_age(older_than)}"
 
 
 def _cmd_show(args: argparse.Namespace) -> None:
@@ -265,14 +308,19 @@ def _parser() -> argparse.ArgumentParser:
         prog="workflow-persistence",
         description="Inspect and manage saved workflow snapshots.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     url_help = (
         "database URL (default: $WORKFLOW_PERSISTENCE_URL, else sqlite:///workflow_persistence.db)"
     )
+    parser.add_argument("--url", default=None, help=url_help)
+    # Each command takes --url too; SUPPRESS keeps one given before the command from being
+    # reset to the default, while one given after it wins.
+    url_after = _Parser(add_help=False)
+    url_after.add_argument("--url", default=argparse.SUPPRESS, help=url_help)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_: str, run: Callable[[argparse.Namespace], None]) -> Any:
-        sub = commands.add_parser(name, help=help_, description=help_)
-        sub.add_argument("--url", help=url_help)
+        sub = commands.add_parser(name, help=help_, description=help_, parents=[url_after])
         sub.set_defaults(run=run)
         return sub
 
@@ -281,7 +329,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     command("migrate", "create or upgrade the workflow_interrupts table", _cmd_migrate)
     listing = command("list", "list stored workflows, most recently updated first", _cmd_list)
-    listing.add_argument("--limit", type=int, default=None, help="show at most this many")
+    listing.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                         help="show at most N (1 or more)")
     listing.add_argument("--older-than", type=parse_age, default=None, metavar="AGE",
                          help="only workflows not updated for AGE (7d, 12h, 30m)")
     listing.add_argument("--json", action="store_true", help="print JSON")
@@ -299,23 +348,116 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         args.run(args)
-    except (CommandError, PersistenceError, WorkflowError) as exc:
-        print(f"workflow-persistence {args.command}: {first_line(exc)}", file=sys.stderr)
-        return 1
-    except sa_exc.SQLAlchemyError as exc:
-        print(f"workflow-persistence {args.command}: database error: {first_line(exc)}",
-              file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"workflow-persistence {args.command}: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # e.g. an Alembic error: still one line, never a traceback
-        print(f"workflow-persistence {args.command}: {type(exc).__name__}: {first_line(exc)}",
-              file=sys.stderr)
+        print(f"workflow-persistence {args.command}: {_explain(exc)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _explain(exc: Exception) -> str:
+    """One line for an operator; a refused login or a missing database is named as such."""
+    refusal = _refusal(exc) or _missing_driver(exc)
+    if refusal is not None:
+        return refusal
+    if isinstance(exc, CommandError | PersistenceError | WorkflowError):
+        return first_line(exc)
+    if isinstance(exc, sa_exc.SQLAlchemyError):
+        return f"database error: {first_line(exc)}"
+    if isinstance(exc, OSError):
+        return str(exc)
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
+# -- a server that answered, and said no ----------------------------------------------------
+# Such errors arrive as "cannot connect" (the library's StorageUnavailableError, or
+# SQLAlchemy's OperationalError), but retrying will not help: the URL must change.
+
+_MYSQL_LOGIN_REFUSED = frozenset({1045, 1698})  # access denied (wrong password, no such user)
+_MYSQL_DATABASE_REFUSED = 1044  # access denied to the database named in the URL
+_MYSQL_NO_DATABASE = 1049  # unknown database
+_PG_LOGIN_REFUSED = frozenset({"28000", "28P01"})  # invalid authorization, invalid password
+_PG_NO_DATABASE = "3D000"  # invalid catalog name
+# psycopg reports a refused connection without a SQLSTATE: the server's FATAL line tells.
+_PG_LOGIN_TEXT = re.compile(
+    r'password authentication failed|role ".*" does not exist|no pg_hba\.conf entry'
+    r"|no password supplied|authentication failed"
+)
+_PG_NO_DATABASE_TEXT = re.compile(r'database ".*" does not exist')
+
+_FIX_LOGIN = "check the user name and password in --url or $" + migrations.URL_ENV_VAR
+_FIX_DATABASE = "create that database, or correct its name in --url or $" + migrations.URL_ENV_VAR
+_FIX_GRANT = "grant the user access to that database, or change the URL"
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """A message naming a refused login or a missing database, if that is what ``exc`` is."""
+    for error in _causes(exc):
+        refusal = _mysql_refusal(error) or _postgresql_refusal(error)
+        if refusal is not None:
+            return refusal
+    return None
+
+
+#: The drivers the extras install: ``make demo`` and a plain ``pip install`` bring neither.
+_DRIVER_EXTRAS = {"psycopg": ("PostgreSQL", "postgresql"), "pymysql": ("MySQL", "mysql")}
+
+
+def _missing_driver(exc: BaseException) -> str | None:
+    for error in _causes(exc):
+        if isinstance(error, ImportError) and error.name in _DRIVER_EXTRAS:
+            database, extra = _DRIVER_EXTRAS[error.name]
+            return (
+                f"the {database} driver ({error.name}) is not installed:"
+                f" pip install 'workflow-persistence[{extra}]'"
+            )
+    return None
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, what it was raised from, and the driver error inside SQLAlchemy's wrapper."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        yield error
+        pending += [error.__context__, error.__cause__, getattr(error, "orig", None)]
+
+
+def _mysql_refusal(error: BaseException) -> str | None:
+    if type(error).__module__.partition(".")[0] != "pymysql" or len(error.args) < 2:
+        return None
+    code, text = error.args[0], str(error.args[1])
+    if code in _MYSQL_LOGIN_REFUSED:
+        return f"authentication failed: {text}; {_FIX_LOGIN}"
+    if code == _MYSQL_DATABASE_REFUSED:
+        return f"access denied: {text}; {_FIX_GRANT}"
+    if code == _MYSQL_NO_DATABASE:
+        return f"the database does not exist: {text}; {_FIX_DATABASE}"
+    return None
+
+
+def _postgresql_refusal(error: BaseException) -> str | None:
+    if type(error).__module__.partition(".")[0] != "psycopg":
+        return None
+    sqlstate = getattr(error, "sqlstate", None)
+    text = _server_says(str(error))
+    if sqlstate in _PG_LOGIN_REFUSED or (sqlstate is None and _PG_LOGIN_TEXT.search(text)):
+        return f"authentication failed: {text}; {_FIX_LOGIN}"
+    if sqlstate == _PG_NO_DATABASE or (sqlstate is None and _PG_NO_DATABASE_TEXT.search(text)):
+        return f"the database does not exist: {text}; {_FIX_DATABASE}"
+    return None
+
+
+def _server_says(message: str) -> str:
+    """The server's own words from libpq's "connection to server ... failed: FATAL: ..."."""
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    _, fatal, said = line.partition("FATAL:")
+    return said.strip() if fatal else line
 
 
 def _safe_url(url: Any) -> str:

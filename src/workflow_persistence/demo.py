@@ -1,7 +1,8 @@
 """``workflow-persistence demo``: a refund that waits for a manager's approval.
 
 The run starts, pauses at ``interrupt()`` and is saved; the demo shows what was saved,
-then a fresh Python process resumes the run with the manager's answer.
+then a fresh Python process resumes the run with the manager's answer. A second refund is
+left waiting, so the commands the demo suggests at the end have something to show.
 """
 
 from __future__ import annotations
@@ -9,17 +10,25 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
+
+from sqlalchemy.engine import make_url
 
 from ._database import DatabasePersistence
 from ._events import Event, StartEvent, StopEvent
 from ._interrupts import interrupt
 from ._workflow import Workflow, WorkflowState
 from .migrations import URL_ENV_VAR, resolve_url
+
+#: The run the demo leaves waiting; one id, so running the demo again replaces it.
+WAITING_ID = "demo-refund-waiting"
 
 # -- the workflow ---------------------------------------------------------------------------
 
@@ -133,10 +142,68 @@ def run_demo(url: Any) -> None:
     left = "yes" if persistence.exists(workflow_id) else "nothing"
     _say(f"   stored under {workflow_id}: {left}")
     _say()
-    _say("Next: pause runs of your own and look at them with")
-    _say("   workflow-persistence list    workflow-persistence show ID")
+    _leave_one_waiting(workflow)
+    _say()
+    _say("Next: look at the waiting run, then answer it from yet another process")
+    url_option = _url_option(url)
+    cli = _script("workflow-persistence", "workflow_persistence.cli")
+    for command in (
+        [*cli, "list", *url_option],
+        [*cli, "show", WAITING_ID, *url_option],
+        [*_python_module("workflow_persistence.demo"), "--resume", WAITING_ID, "--answer", "no",
+         *url_option],
+    ):
+        _say(f"   {shlex.join(command)}")
+    if url_option and _has_password(url):
+        _say("   (with the database password in place of ***)")
     if isinstance(persistence, DatabasePersistence):
         persistence.close()
+
+
+def _leave_one_waiting(workflow: Workflow) -> None:
+    """Pause a second refund and keep it: what `list` and `show` will find."""
+    replaced = workflow.persistence.delete(WAITING_ID)  # the one an earlier demo left
+    run = workflow.start(
+        {"amount": "240.00", "currency": "EUR", "customer": "ben@example.com", "order": "B-2203"},
+        workflow_id=WAITING_ID,
+        metadata={"user": "ben", "channel": "email", "manager": "maria"},
+    )
+    _say("5. A second refund waits for its answer")
+    _say(f"   -> {run.status}: {run.interrupt['question']} (risk {run.state['risk']})")
+    earlier = ", replacing the one an earlier demo left" if replaced else ""
+    _say(f"   stored under {WAITING_ID}{earlier}")
+
+
+def _url_option(url: str) -> list[str]:
+    """``--url`` for the suggested commands, unless they find this database on their own."""
+    if url == str(resolve_url(None)):
+        return []
+    return ["--url", _hide_password(url)]
+
+
+def _script(name: str, module: str) -> list[str]:
+    """How to type a console script of this installation: its name when on PATH, else a path.
+
+    ``make demo`` runs from ``.venv`` without activating it: a bare
+    ``workflow-persistence`` would not be found there.
+    """
+    installed = Path(sys.executable).with_name(name)
+    if installed.is_file():
+        return [_shortest(installed, name)]
+    return _python_module(module)  # run from a source tree, not installed
+
+
+def _python_module(module: str) -> list[str]:
+    return [_shortest(Path(sys.executable), "python"), "-m", module]
+
+
+def _shortest(path: Path, name: str) -> str:
+    found = shutil.which(name)
+    if found is not None and Path(found).absolute() == path.absolute():
+        return name
+    if path.absolute().is_relative_to(Path.cwd()):
+        return os.path.join(".", path.absolute().relative_to(Path.cwd()))  # a path, not a name
+    return str(path)
 
 
 def _resume_here(url: str, workflow_id: str, answer: str) -> None:
@@ -149,12 +216,17 @@ def _resume_here(url: str, workflow_id: str, answer: str) -> None:
 
 
 def _hide_password(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return make_url(url).password is not None
+    except Exception:
+        return False
 
 
 def main(argv: list[str] | None = None) -> None:

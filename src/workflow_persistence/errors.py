@@ -1,4 +1,4 @@
-"""The library's own exception types (API.md section 5).
+"""The library's own exception types.
 
 Every error a caller can meet is one of these, with a message that says what to do;
 the driver's or decoder's exception, when there is one, is kept as ``__cause__``.

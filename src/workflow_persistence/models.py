@@ -5,14 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, Integer, MetaData
-from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
+from sqlalchemy import Index, Integer, MetaData, Table, event
+from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, mapped_column
 
-from ._types import BinaryData, UTCDateTime, WorkflowIdType
+from ._autogenerate import leave_version_table_alone
+from .types import BinaryData, UTCDateTime, WorkflowIdType
 
 __all__ = ["Base", "WorkflowInterrupt", "WorkflowInterruptMixin", "metadata"]
 
 TABLE_NAME = "workflow_interrupts"
+#: Where ``workflow-persistence migrate`` and ``DatabasePersistence`` record the revision.
+VERSION_TABLE = "workflow_persistence_alembic_version"
 
 
 def updated_at_index(table_name: str) -> Index:
@@ -27,10 +30,11 @@ class WorkflowInterruptMixin:
 
         class Interrupt(WorkflowInterruptMixin, Base):
             __tablename__ = "interrupts"
+            __table_args__ = {"schema": "app"}   # optional, the index stays
 
-    To add table options such as a schema, keep the index::
-
-        __table_args__ = WorkflowInterruptMixin.table_args("interrupts", schema="app")
+    The ``updated_at`` index (``ix_<table>_updated_at``) is added to the mapped table,
+    whatever ``__table_args__`` the host gives, unless the table already indexes
+    ``updated_at`` on its own.
     """
 
     workflow_id: Mapped[str] = mapped_column(WorkflowIdType(), primary_key=True)
@@ -39,14 +43,12 @@ class WorkflowInterruptMixin:
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
 
-    @declared_attr.directive
-    @classmethod
-    def __table_args__(cls) -> Any:
-        return (updated_at_index(cls.__tablename__),)  # type: ignore[attr-defined]
-
     @staticmethod
     def table_args(table_name: str, **options: Any) -> tuple[Any, ...]:
-        """``__table_args__`` with the ``updated_at`` index plus table ``options``."""
+        """``__table_args__`` with the ``updated_at`` index plus table ``options``.
+
+        Kept for existing models; a plain dict of options does the same now.
+        """
         return (updated_at_index(table_name), options)
 
     def __repr__(self) -> str:
@@ -54,6 +56,29 @@ class WorkflowInterruptMixin:
             f"<{type(self).__name__} workflow_id={self.workflow_id!r} version={self.version}"
             f" updated_at={self.updated_at}>"
         )
+
+
+def _indexes_updated_at(table: Table) -> bool:
+    """Whether the table already has an index on ``updated_at`` alone (any name)."""
+    column = table.c.updated_at
+    return any(
+        len(index.expressions) == 1 and index.expressions[0] is column for index in table.indexes
+    )
+
+
+@event.listens_for(WorkflowInterruptMixin, "after_mapper_constructed", propagate=True)
+def _add_updated_at_index(mapper: Mapper[Any], _class: type[Any]) -> None:
+    """Index ``updated_at`` on every table mapped on the mixin.
+
+    The index cannot live in the mixin's ``__table_args__``: a host's own
+    ``__table_args__`` (``{"schema": "app"}``) replaces them, index and all. The table
+    exists once the mapper does, so the index is attached to it here instead.
+    """
+    table = mapper.local_table
+    if not isinstance(table, Table) or "updated_at" not in table.c:
+        return  # mapped to a join or select, or a subclass table of joined inheritance
+    if not _indexes_updated_at(table):
+        Index(f"ix_{table.name}_updated_at", table.c.updated_at)
 
 
 class Base(DeclarativeBase):
@@ -70,3 +95,5 @@ class WorkflowInterrupt(WorkflowInterruptMixin, Base):
 
 #: The MetaData holding ``workflow_interrupts``, for a host app's ``target_metadata``.
 metadata = Base.metadata
+# A host listing it also owns our version table, as far as its autogenerate is concerned.
+leave_version_table_alone(metadata, VERSION_TABLE)

@@ -146,7 +146,8 @@ class WorkflowInterruptRepository(Generic[ModelT]):
         """The row as a persistent instance in the session, freshly read, or None.
 
         Like ``Session.get(..., populate_existing=True)``: an instance the session
-        already holds is refreshed and returned, so there is one per row.
+        already holds is refreshed and returned, so there is one per row. A row whose
+        columns hold what the library never writes raises CorruptSnapshotError.
         """
         workflow_id = check_workflow_id(workflow_id)
         record = self._run(
@@ -193,7 +194,8 @@ class WorkflowInterruptRepository(Generic[ModelT]):
     def list(
         self, *, updated_before: datetime | None = None, limit: int | None = None
     ) -> builtins.list[StoredSnapshotInfo]:
-        """Rows newest first, without loading ``data``."""
+        """Rows newest first, without loading ``data``; damaged rows are left out (and
+        named in a warning on the ``workflow_persistence`` logger)."""
         before = None if updated_before is None else check_aware(updated_before, "updated_before")
         limit = check_limit(limit)
         return self._run(
@@ -277,6 +279,12 @@ class _ObservedCursor:
 
     def fetchall(self) -> Sequence[Any]:
         return self._result.fetchall()  # type: ignore[no-any-return]
+
+    @property
+    def driver_cursor(self) -> Any:
+        """The DBAPI cursor of the last result, to step over a row the driver cannot
+        convert (SQLAlchemy closes it when a fetch through the result fails)."""
+        return self._result.cursor
 
     @property
     def rowcount(self) -> int:

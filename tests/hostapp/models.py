@@ -2,7 +2,8 @@
 
 ``HostInterrupt`` is built on ``WorkflowInterruptMixin`` under the host's own table name
 and naming convention, next to the library's ``workflow_interrupts`` (which the host's
-Alembic environment leaves to the library's migrations).
+Alembic environment leaves to the library's migrations). ``HostArchivedInterrupt`` gives
+its own ``__table_args__`` dict, which must not cost it the mixin's index.
 """
 
 from __future__ import annotations
@@ -37,3 +38,10 @@ class HostInterrupt(WorkflowInterruptMixin, HostBase):
     """The host's own snapshot table, under its own name."""
 
     __tablename__ = "host_interrupts"
+
+
+class HostArchivedInterrupt(WorkflowInterruptMixin, HostBase):
+    """Table options of the host's own; the ``updated_at`` index stays."""
+
+    __tablename__ = "host_archived_interrupts"
+    __table_args__ = {"comment": "finished runs kept for audit"}  # noqa: RUF012
