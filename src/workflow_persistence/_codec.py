@@ -41,6 +41,7 @@ import copyreg
 import dataclasses
 import enum
 import gc
+import struct
 import sys
 import threading
 import types as _types
@@ -50,16 +51,17 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
-from itertools import chain, compress
-from operator import attrgetter
-from typing import Any, Literal, cast
+from itertools import chain
+from typing import Any, Literal, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 import msgpack
 
+from . import _cstack
 from .errors import CorruptSnapshotError, SerializationError
 
 UnknownClassPolicy = Literal["error", "stand-in"]
+_T = TypeVar("_T")
 
 # Ext type codes. Stored data depends on them: never renumber, only add.
 EXT_TUPLE = 1  # format 1 only: payload [items]
@@ -124,10 +126,7 @@ _CONTAINERS = frozenset({list, dict, tuple, set, frozenset, deque})
 # a level made of these alone is handed to gc.get_referents as it is.
 # (Not array.array: its referents include its type, and from there every module.)
 _PLAIN = _CONTAINERS | _NATIVE | {datetime, date, time, timedelta, Decimal}
-_IS_DATETIME = frozenset({datetime}).__contains__
-_TZINFO = attrgetter("tzinfo")
-_FOLD = attrgetter("fold")
-_UTC_OR_NAIVE = frozenset({id(UTC), id(None)})
+_PLAIN_NO_DATETIME = _PLAIN - {datetime}
 
 # -- limits that keep any record cheap to read ------------------------------------------------
 
@@ -137,9 +136,9 @@ _STACK_PER_NESTING = 64 * 1024  # C stack a format 1 payload level takes in a wo
 # Format 1 copies each payload while reading it: bytes copied, in bodies' worth plus an
 # allowance, for a stored body and for one inflated from a compressed record.
 _COPIES = (16, 64 << 20)
-_COPIES_INFLATED = (4, 16 << 20)
+_COPIES_INFLATED = (2, 8 << 20)
 # Deeper than this a packer could exhaust a 256 KiB thread stack (an object takes two levels).
-MAX_DEPTH_LIMIT = 200
+MAX_DEPTH_LIMIT = 400
 
 
 def _ext(code: int, payload: Any) -> Any:  # payload: bytes (pickle states are typed Any)
@@ -295,35 +294,43 @@ class ValueCodec:
 
     # -- encoding -------------------------------------------------------------------------
 
-    def pack(
-        self, value: Any, roots: list[Any], max_depth: int, *, write_raw: bool = True
-    ) -> tuple[bytes, int]:
-        """Pack ``value``, whose parts ``roots`` may nest ``max_depth`` levels below them.
+    def pack(self, value: Any, levels: int, *, write_raw: bool = True) -> bytes:
+        """Pack ``value`` if it nests at most ``levels`` arrays and maps deep (``value``
+        itself being the first level).
 
-        Returns the bytes and how many values sit below the roots. Raises NestedTooDeeply
-        before packing anything deeper (a packer would recurse once per level on the C
-        stack), CollidingHashes for a set no reader should have to build, and whatever
-        the encoders raise for values they cannot store. ``write_raw=False`` writes
-        stand-ins from their fields, never as they were read.
+        Raises NestedTooDeeply for a deeper value, CollidingHashes for a set no reader
+        should have to build, and whatever the encoders raise for values they cannot
+        store. ``write_raw=False`` writes stand-ins from their fields, never as read.
+
+        The packer recurses once per level on the C stack. In a thread with room for its
+        worst case the value is packed as it is and its depth read off the bytes, by the
+        check ``unpack`` makes; in a smaller one it is measured first (``_Writing.walk``).
         """
         try:
             writing = self._writings.pop()
         except IndexError:
             writing = _Writing(self)
         try:
-            fast, count = writing.walk(roots, max_depth, write_raw)
-            data: bytes = (writing.fast if fast else writing.exact).pack(value)
+            if _cstack.roomy():
+                data = _pack_exactly(writing, value)
+                checker = _DepthChecker.take(levels, len(data))
+                if not checker.fits(data):
+                    raise NestedTooDeeply(f"a value is nested more than {levels} levels deep")
+                checker.give_back()
+            else:
+                fast = writing.walk(value, levels, write_raw)
+                data = (writing.fast if fast else writing.exact).pack(value)
         finally:
             writing.forget()
         # A busy context is never in the pool, so nesting and threads each get their own
         # (list.pop and append are atomic). One whose buffer grew is let go, not kept.
         if len(data) <= _PACKER_BUFFER and len(self._writings) < _POOLED_PACKERS:
             self._writings.append(writing)
-        return data, count
+        return data
 
     def _pack_nested(self, value: Any, *, write_raw: bool = True) -> bytes:
         """``value`` packed on its own, as it would be inside a record (to compare values)."""
-        return self.pack(value, [value], self.max_depth, write_raw=write_raw)[0]
+        return self.pack(value, self.max_depth + 1, write_raw=write_raw)
 
     def _object_encoder(self, cls: type) -> Callable[[Any], Any]:
         path = class_path(cls)
@@ -343,81 +350,87 @@ class ValueCodec:
         # A set read from ``raw`` may iterate in another order than it was stored in.
         # Reading ``raw`` afresh rebuilds the same sets the same way: if that packs to the
         # same bytes, the fields are unchanged and ``raw`` is written back as read. Both
-        # sides write stand-ins from their fields, so nothing here reads ``raw`` again.
-        try:
-            again = _stand_in_reader().unpack_value(raw, MAX_DEPTH_LIMIT)
-            unchanged = type(again) is UnresolvedObject and self._pack_nested(
-                fresh, write_raw=False
-            ) == self._pack_nested(
-                _object_entry(again.class_path, again.kind, again.fields), write_raw=False
+        # sides write stand-ins from their fields, so nothing here reads ``raw`` again;
+        # they are packed in a thread of their own, as a packer is busy in this one.
+        def compare() -> bool:
+            again = _stand_in_reader().unpack_value(raw)
+            if type(again) is not UnresolvedObject:
+                return False
+            entry = _object_entry(again.class_path, again.kind, again.fields)
+            return self._pack_nested(fresh, write_raw=False) == self._pack_nested(
+                entry, write_raw=False
             )
+
+        try:
+            unchanged = _in_thread_with_stack(compare, _COMPARING_STACK)
         except Exception:
             unchanged = False
         return list(_as_stored(raw)) if unchanged else fresh  # a packer calls default once
 
     # -- decoding -------------------------------------------------------------------------
 
-    def unpack(
-        self,
-        data: bytes | memoryview,
-        roots_of: Callable[[Any], list[Any]],
-        max_depth: int,
-        budget: int | None = None,
-        *,
-        keep_raw: bool = True,
-    ) -> Any:
-        """Decode a format 2 body, refusing one whose ``roots_of`` nest deeper than allowed.
+    def unpack(self, data: bytes | memoryview, levels: int, *, keep_raw: bool = True) -> Any:
+        """Decode a format 2 body, refusing one nested more than ``levels`` deep.
 
-        ``budget`` bounds how many containers and ext values may be built (a compressed
-        body can inflate). Damage raises CorruptSnapshotError or whatever msgpack raises.
+        Damage raises CorruptSnapshotError or whatever msgpack raises.
         """
-        reading = _Reading(self) if budget is None else _BudgetedReading(self, budget)
-        value = reading.read(data)
+        checker = _DepthChecker.take(levels, len(data))
+        try:
+            if not checker.fits(data):
+                raise CorruptSnapshotError(
+                    "the record holds values nested deeper than this serializer allows;"
+                    " if it was written with a larger max_depth, read it with"
+                    " JsonSerializer(max_depth=...)"
+                )
+            reading = _Reading(self)
+            value = reading.read(data)
+        except BaseException:
+            raise  # the checker may be mid-body: it is not given back
+        checker.give_back()
         if reading.pending:
             raise CorruptSnapshotError("damaged record: a type marker outside its array")
-        if reading.too_deep(roots_of(value), max_depth):
-            raise _too_deep_record(max_depth)
         if reading.stand_ins and keep_raw:
             reading.keep_raw(data)
         return value
 
-    def unpack_value(self, data: bytes | memoryview, max_depth: int) -> Any:
+    def unpack_value(self, data: bytes | memoryview) -> Any:
         """Decode a format 2 value packed on its own (a stand-in's ``raw``)."""
-        return self.unpack(data, lambda value: [value], max_depth, keep_raw=False)
+        return self.unpack(data, self.max_depth + 1, keep_raw=False)
 
     def unpack_legacy(
-        self,
-        data: bytes | memoryview,
-        roots_of: Callable[[Any], list[Any]],
-        max_depth: int,
-        budget: int | None = None,
+        self, data: bytes | memoryview, levels: int, *, inflated: bool = False
     ) -> Any:
         """Decode a format 1 body: each container ext holds a payload packed on its own.
 
         A payload is decoded by a fresh ``unpackb`` inside the outer one's ``ext_hook``,
         about 40 KiB of C stack per level; the first levels are read in the caller's
         thread, a deeper record in a thread with a stack to match. Payload copies and
-        containers are counted, so nested copies cannot exhaust memory either.
+        containers are counted, so nested copies cannot exhaust memory either. The
+        value is then measured as format 2 would be: an object one level, its fields one
+        below it.
         """
-        factor, allowance = _COPIES if budget is None else _COPIES_INFLATED
+        factor, allowance = _COPIES_INFLATED if inflated else _COPIES
         copies = factor * len(data) + allowance
 
         def read(nesting: int) -> _LegacyReading:
-            reading = _LegacyReading(self, nesting, copies, budget)
+            reading = _LegacyReading(self, nesting, copies)
             reading.value = reading.read(data)
             return reading
 
         try:
             reading = read(_IN_THREAD_NESTING)
         except _DeeperThanThisStack:
-            nesting = max_depth + 2  # a value's own levels plus an aware time's payload
+            nesting = levels + 1  # a value's own levels plus an aware time's payload
             reading = _in_thread_with_stack(
                 lambda: read(nesting), (nesting + 8) * _STACK_PER_NESTING
             )
-        value = reading.value
-        if _filtered_too_deep(roots_of(value), reading.objects, max_depth):
-            raise _too_deep_record(max_depth)
-        return value
+        if _filtered_too_deep([reading.value], reading.objects, levels - 1):
+            raise CorruptSnapshotError(
+                "the record holds values nested deeper than this serializer allows;"
+                " if it was written with a larger max_depth, read it with"
+                " JsonSerializer(max_depth=...)"
+            )
+        return reading.value
 
     def _revive(self, path: str, kind: str, fields: Any) -> Any:
         known = self._rebuilders.get(path)
@@ -438,15 +451,16 @@ class ValueCodec:
     # -- error reporting ------------------------------------------------------------------
 
     def find_beyond_limits(
-        self, parts: Iterable[tuple[str, Any]], max_depth: int
+        self, parts: Iterable[tuple[str, Any, int]]
     ) -> tuple[str, str] | None:
-        """``(path, reason)`` of the first part nested deeper than ``max_depth``, inside
-        itself, or a set whose hashes collide; only called after a dump was refused.
+        """``(path, reason)`` of the first of ``(path, value, max_depth)`` parts nested more
+        than its ``max_depth`` levels deep, inside itself, or a set whose hashes collide;
+        only called after a dump was refused.
 
         It walks each part depth first with a stack of its own, so however deep the value
         it never recurses, and never raises: a part whose own code fails is a leaf here.
         """
-        for path, value in parts:
+        for path, value, max_depth in parts:
             found = self._first_beyond(path, value, max_depth)
             if found is not None:
                 return found
@@ -616,8 +630,12 @@ class _Writing:
         )
 
     def default(self, obj: Any) -> Any:
-        if type(obj) is datetime and obj.tzinfo is UTC:  # the exact packer's common case
-            return _tuple_new(_ExtType, (EXT_DATETIME_UTC, obj.__reduce_ex__(4)[1][0]))
+        if type(obj) is datetime and obj.tzinfo is UTC and not obj.fold:  # the usual case
+            delta = obj - _EPOCH  # inlined from _timestamp: a call is a tenth of the cost
+            seconds = delta.days * 86400 + delta.seconds
+            if not delta.microseconds and 0 <= seconds < 1 << 32:
+                return _tuple_new(_ExtType, (-1, seconds.to_bytes(4, "big")))
+            return _timestamp(obj)
         packed = self.memo.get(id(obj))
         if packed is not None:
             return packed
@@ -630,75 +648,96 @@ class _Writing:
         self.memo.clear()
         self.stand_ins.clear()
 
-    def walk(self, roots: list[Any], max_depth: int, write_raw: bool) -> tuple[bool, int]:
-        """Measure ``roots`` (depth 0) level by level, as the packer will meet them.
+    def walk(self, value: Any, levels: int, write_raw: bool) -> bool:
+        """Measure ``value`` level by level, as the packer will meet it: raise
+        NestedTooDeeply if it nests more than ``levels`` deep, else return whether the
+        fast packer keeps every datetime in it.
 
-        Returns whether the fast packer keeps every datetime, and how many values sit
-        below the roots. The C code of ``gc.get_referents`` lists each level's items; only
-        levels holding values other than plain containers and leaves are sorted in Python.
+        Each level is the C list of the one above's referents (a leaf has none); Python
+        looks only at the types a level holds, and at each datetime and object in it: an
+        object's children come from what its encoder returns, kept for the packer.
         """
         fast = True
-        count = 0
-        level = roots
-        depth = 0
+        level = [value]
+        depth = 1  # of the containers in ``level``
         while True:
             types = list(map(type, level))
             kinds = set(types)
-            if fast and datetime in kinds:
-                fast = _utc_only(compress(level, map(_IS_DATETIME, types)))
-            if kinds <= _PLAIN:
-                if kinds.isdisjoint(_CONTAINERS):
-                    break
-                containers, children = level, None
-            else:
-                containers, children = self._sort(level, types)
-                if not containers and children is None:
-                    break
-            if depth > max_depth:
-                raise NestedTooDeeply(f"a value is nested more than {max_depth} levels deep")
-            level = gc.get_referents(*containers)
-            if children:
-                level += children
-            count += len(level)
+            children: list[Any] = []
+            if not kinds <= _PLAIN_NO_DATETIME:
+                if fast and datetime in kinds:
+                    fast = _utc_only(level, types)
+                others = kinds - _PLAIN
+                if others:
+                    level = self._take_apart(level, types, others, children)
+            if kinds.isdisjoint(_CONTAINERS) and not children:
+                break
+            if depth > levels:
+                raise NestedTooDeeply(f"a value is nested more than {levels} levels deep")
+            level = gc.get_referents(*level)
+            level += children
             depth += 1
         for stand_in in self.stand_ins:  # now that their fields are known to be shallow
             self.memo[id(stand_in)] = (
                 self.encoders[UnresolvedObject](stand_in) if write_raw
                 else _object_entry(stand_in.class_path, stand_in.kind, stand_in.fields)
             )
-        return fast, count
+        return fast
 
-    def _sort(self, level: list[Any], types: list[type]) -> tuple[list[Any], list[Any] | None]:
-        """The plain containers of a mixed level, and the children of its objects (None
-        when it holds no object)."""
-        containers = []
-        children: list[Any] | None = None
+    def _take_apart(
+        self, level: list[Any], types: list[type], others: set[type], children: list[Any]
+    ) -> list[Any]:
+        """``level`` without its values of ``others`` types (whose referents are not only
+        their items), adding the children of those that are objects to ``children``."""
         memo = self.memo
-        for value, kind in zip(level, types, strict=True):
-            if kind in _CONTAINERS:
-                containers.append(value)
-            elif kind in _PLAIN:
-                continue
-            elif kind is UnresolvedObject:
-                self.stand_ins.append(value)
-                entry = _object_entry(value.class_path, value.kind, value.fields)
-                children = (children or []) + _children(entry)
-            else:
-                encoder = self.encoders.get(kind)
-                if encoder is None:
-                    continue  # the packer refuses it, and the error names where it is
-                packed = memo.get(id(value))
-                if packed is None:
-                    packed = memo[id(value)] = encoder(value)
+        gone = []
+        for kind in others:
+            encoder = self.encoders.get(kind)  # None: the packer refuses it, naming it
+            at = -1
+            for _ in range(types.count(kind)):
+                at = types.index(kind, at + 1)
+                gone.append(at)
+                value = level[at]
+                packed: Any
+                if kind is UnresolvedObject:
+                    self.stand_ins.append(value)
+                    packed = _object_entry(value.class_path, value.kind, value.fields)
+                elif encoder is None:
+                    continue
+                else:
+                    packed = memo.get(id(value))
+                    if packed is None:
+                        packed = memo[id(value)] = encoder(value)
                 if type(packed) is list:
-                    children = (children or []) + _children(packed)
-        return containers, children
+                    children += _children(packed)
+        kept = level.copy()
+        for at in sorted(gone, reverse=True):
+            del kept[at]
+        return kept
 
 
-def _utc_only(datetimes: Iterable[datetime]) -> bool:
-    """Whether none of ``datetimes`` would lose anything as a MessagePack timestamp."""
-    found = list(datetimes)
-    return _UTC_OR_NAIVE.issuperset(map(id, map(_TZINFO, found))) and not any(map(_FOLD, found))
+def _pack_exactly(writing: _Writing, value: Any) -> bytes:
+    """``value`` packed by the exact packer (every datetime through ``default``)."""
+    try:
+        data: bytes = writing.exact.pack(value)
+    except ValueError as exc:
+        if "recursion limit" in str(exc):  # MessagePack's own: more than 1024 levels
+            raise NestedTooDeeply(str(exc)) from exc
+        raise
+    return data
+
+
+def _utc_only(level: list[Any], types: list[type]) -> bool:
+    """Whether no datetime in ``level`` would lose anything as a MessagePack timestamp:
+    its zone is UTC (or it is naive, and not written as one) and its ``fold`` is 0."""
+    at = -1
+    for _ in range(types.count(datetime)):
+        at = types.index(datetime, at + 1)
+        value = level[at]
+        zone = value.tzinfo
+        if (zone is not UTC and zone is not None) or value.fold:
+            return False
+    return True
 
 
 def _object_entry(path: str, kind: str, fields: Any) -> list[Any]:
@@ -756,9 +795,28 @@ def _enc_datetime(obj: datetime) -> Any:
     if tz is None:
         return _ext(EXT_DATETIME_NAIVE, obj.__reduce_ex__(4)[1][0])
     if tz is UTC:
+        if not obj.fold:
+            return _timestamp(obj)
         return _ext(EXT_DATETIME_UTC, obj.__reduce_ex__(4)[1][0])
     state = obj.replace(tzinfo=None).__reduce_ex__(4)[1][0]
     return _ext(EXT_DATETIME_TZ, _pack_plain([state, _tz_spec(tz)]))
+
+
+def _timestamp(obj: datetime) -> Any:
+    """A UTC datetime as MessagePack's own timestamp (ext code -1): built here, but read in
+    C, without the checks a pickle state needs, as every timestamp is a valid datetime."""
+    delta = obj - _EPOCH
+    seconds = delta.days * 86400 + delta.seconds
+    micro = delta.microseconds
+    if not micro and 0 <= seconds < 1 << 32:
+        return _tuple_new(_ExtType, (-1, seconds.to_bytes(4, "big")))
+    if 0 <= seconds < 1 << 34:
+        return _tuple_new(_ExtType, (-1, (micro * 4000 << 32 | seconds).to_bytes(8, "big")))
+    return _tuple_new(_ExtType, (-1, _TIMESTAMP_96(micro * 1000, seconds)))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TIMESTAMP_96 = struct.Struct(">Iq").pack
 
 
 def _enc_date(obj: date) -> Any:
@@ -836,22 +894,20 @@ def _write_stored(obj: Any) -> Any:
 
 
 class _Reading:
-    """One format 2 decoding: its hooks, and what they noted for the depth check.
+    """One format 2 decoding: its hooks and what they noted.
 
-    ``objects`` maps each revived object to the array it was read from (its fields
-    measure its depth); ``opaque`` counts other values the walk must not look into
-    (UUIDs); ``pending`` counts markers not yet consumed by their array.
+    ``pending`` counts markers not yet consumed by their array (one left over sits where
+    no marker belongs); ``stand_ins`` keeps each stand-in with its index among the
+    objects revived, in the order their hook met them.
     """
 
-    __slots__ = ("codec", "decoders", "objects", "opaque", "pending", "revived", "stand_ins")
+    __slots__ = ("codec", "decoders", "pending", "revived", "stand_ins")
 
     def __init__(self, codec: ValueCodec) -> None:
         self.codec = codec
         self.decoders = codec._decoders
-        self.objects: dict[int, list[Any]] = {}
-        self.opaque = 0
         self.pending = 0
-        self.revived = 0  # objects revived so far: a stand-in's index among them
+        self.revived = 0
         self.stand_ins: list[tuple[UnresolvedObject, int]] = []
 
     def read(self, data: bytes | memoryview) -> Any:
@@ -862,19 +918,17 @@ class _Reading:
 
     def ext_hook(self, code: int, payload: bytes) -> Any:
         decoder = self.decoders.get(code)
-        if decoder is None:
-            mark = _MARKS.get(code)
-            if mark is None or payload:
-                raise CorruptSnapshotError(f"unknown value type code {code} in stored data")
-            self.pending += 1
-            return mark
-        value = decoder(payload)
-        if value.__class__ not in _PLAIN:
-            self.opaque += 1
-        return value
+        if decoder is not None:
+            return decoder(payload)
+        mark = _MARKS.get(code)
+        if mark is None or payload:
+            raise CorruptSnapshotError(f"unknown value type code {code} in stored data")
+        self.pending += 1
+        return mark
 
     def list_hook(self, items: list[Any]) -> Any:
-        if items and items[0].__class__ is _ExtType:  # only markers are read as ExtType
+        # An array closes after its items: one starting with a marker finds it pending.
+        if self.pending and items and items[0].__class__ is _ExtType:  # markers only
             return self.revive(items)
         return items
 
@@ -892,22 +946,10 @@ class _Reading:
                 raise CorruptSnapshotError("damaged deque in stored data")
             return _deque_of(items[1], items[2:])
         value = self.codec._revive(*_object_parts(items))
-        self.objects[id(value)] = items
         if type(value) is UnresolvedObject:
             self.stand_ins.append((value, self.revived))
         self.revived += 1
         return value
-
-    def too_deep(self, roots: list[Any], max_depth: int) -> bool:
-        objects = self.objects
-        plain = [root for root in roots if type(root) in _PLAIN]
-        others = {id(root): root for root in roots if type(root) not in _PLAIN}
-        if self.opaque or not objects.keys() >= others.keys() or len(objects) > len(others):
-            return _filtered_too_deep(roots, objects, max_depth)
-        # Only the roots are objects (a snapshot's event): the levels below hold nothing
-        # but plain containers and leaves, so each is the C list of the one above's items.
-        children = [child for key in others for child in _children(objects[key])]
-        return _plain_too_deep(plain, children, max_depth)
 
     def keep_raw(self, data: bytes | memoryview) -> None:
         """Give each stand-in the bytes it was read from, so it writes them back: the
@@ -930,47 +972,61 @@ class _Reading:
             object.__setattr__(stand_in, "raw", raws[index])
 
 
-class _BudgetedReading(_Reading):
-    """A reading that builds at most ``budget`` containers and ext values, for a body that
-    was inflated from a smaller one."""
+class _DepthChecker:
+    """Tells whether a MessagePack body nests more than ``levels`` arrays and maps deep,
+    at C speed and without building anything.
 
-    __slots__ = ("left",)
+    MessagePack's parser keeps a fixed stack of 1024 open arrays and maps and refuses to
+    open more (StackError). A checker's Unpacker first opens ``1024 - levels`` arrays,
+    the innermost asking for 2**32 - 1 items; in skip mode it then parses each body as
+    the next of those items. A body nested deeper than ``levels`` overflows the stack; one
+    that does not leaves the checker waiting for the next, so checkers are pooled (once
+    the body they checked is known to have decoded whole).
+    """
 
-    def __init__(self, codec: ValueCodec, budget: int) -> None:
-        super().__init__(codec)
-        self.left = budget
+    __slots__ = ("levels", "pooled", "unpacker", "uses")
 
-    def read(self, data: bytes | memoryview) -> Any:
-        return msgpack.unpackb(
-            data, ext_hook=self.ext_hook, list_hook=self.list_hook, object_hook=self.spend,
-            strict_map_key=False, raw=False, timestamp=3, max_array_len=self.left,
-            max_map_len=self.left,
+    def __init__(self, levels: int, size: int) -> None:
+        self.levels = levels
+        self.pooled = size <= _CHECKED_IN_POOL
+        self.uses = 0
+        opened = 1024 - levels
+        self.unpacker = msgpack.Unpacker(
+            max_buffer_size=max(size, _CHECKED_IN_POOL) + opened + 8
         )
+        self.unpacker.feed(b"\x91" * (opened - 1) + b"\xdd\xff\xff\xff\xff")
+        self.fits(b"")
 
-    def spend(self, value: Any) -> Any:
-        self.left -= 1
-        if self.left < 0:
-            raise _inflated()
-        return value
+    @classmethod
+    def take(cls, levels: int, size: int) -> _DepthChecker:
+        if size <= _CHECKED_IN_POOL:
+            try:
+                return _IDLE_CHECKERS.setdefault(levels, []).pop()
+            except IndexError:
+                pass
+        return cls(levels, size)
 
-    def ext_hook(self, code: int, payload: bytes) -> Any:
-        return super().ext_hook(code, self.spend(payload))
+    def fits(self, body: bytes | memoryview) -> bool:
+        self.unpacker.feed(body)
+        try:
+            self.unpacker.skip()
+        except msgpack.OutOfData:  # the body ended, inside the opened arrays
+            return True
+        except msgpack.StackError:
+            return False
+        raise RuntimeError("a depth checker closed its arrays")  # after 2**32 - 1 bodies
 
-    def list_hook(self, items: list[Any]) -> Any:
-        return super().list_hook(self.spend(items))
+    def give_back(self) -> None:
+        """Pool the checker: the body it checked decoded whole, so it was parsed to its
+        end and the checker waits for the next one."""
+        self.uses += 1
+        idle = _IDLE_CHECKERS[self.levels]
+        if self.pooled and self.uses < 1 << 20 and len(idle) < _POOLED_PACKERS:
+            idle.append(self)
 
 
-def _inflated() -> CorruptSnapshotError:
-    return CorruptSnapshotError(
-        "damaged record: its compressed body holds far more values than its size allows"
-    )
-
-
-def _too_deep_record(max_depth: int) -> CorruptSnapshotError:
-    return CorruptSnapshotError(
-        f"the record holds values nested more than {max_depth} levels deep; if it was"
-        " written with a larger max_depth, read it with JsonSerializer(max_depth=...)"
-    )
+_IDLE_CHECKERS: dict[int, list[_DepthChecker]] = {}
+_CHECKED_IN_POOL = 64 << 10  # larger bodies get a checker of their own, not kept
 
 
 class _DeeperThanThisStack(Exception):
@@ -980,13 +1036,10 @@ class _DeeperThanThisStack(Exception):
 class _LegacyReading:
     """One format 1 decoding: nested payloads counted, copies and containers budgeted."""
 
-    def __init__(
-        self, codec: ValueCodec, nesting: int, copies: int, budget: int | None
-    ) -> None:
+    def __init__(self, codec: ValueCodec, nesting: int, copies: int) -> None:
         self.codec = codec
         self.nesting_left = nesting
         self.copies_left = copies
-        self.budget = budget
         self.objects: dict[int, list[Any]] = {}
         self.value: Any = None
         self.nested: dict[int, Callable[[Any], Any]] = {
@@ -998,26 +1051,11 @@ class _LegacyReading:
         }
 
     def read(self, data: bytes | memoryview) -> Any:
-        if self.budget is None:
-            return msgpack.unpackb(
-                data, ext_hook=self.ext_hook, strict_map_key=False, raw=False, timestamp=0
-            )
         return msgpack.unpackb(
-            data, ext_hook=self.ext_hook, strict_map_key=False, raw=False, timestamp=0,
-            list_hook=self.spend, object_hook=self.spend, max_array_len=self.budget,
-            max_map_len=self.budget,
+            data, ext_hook=self.ext_hook, strict_map_key=False, raw=False, timestamp=0
         )
 
-    def spend(self, value: Any) -> Any:
-        assert self.budget is not None
-        self.budget -= 1
-        if self.budget < 0:
-            raise _inflated()
-        return value
-
     def ext_hook(self, code: int, payload: bytes) -> Any:
-        if self.budget is not None:
-            self.spend(payload)
         build = self.nested.get(code)
         if build is None:
             decoder = self.codec._decoders.get(code)
@@ -1048,9 +1086,9 @@ class _LegacyReading:
         return value
 
 
-def _in_thread_with_stack(work: Callable[[], _LegacyReading], stack: int) -> _LegacyReading:
+def _in_thread_with_stack(work: Callable[[], _T], stack: int) -> _T:
     """Run ``work`` in a new thread with a C stack of ``stack`` bytes; re-raise its error."""
-    results: list[_LegacyReading] = []
+    results: list[_T] = []
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -1073,28 +1111,14 @@ def _in_thread_with_stack(work: Callable[[], _LegacyReading], stack: int) -> _Le
 
 
 _STACK_SIZE_LOCK = threading.Lock()
-
-
-def _plain_too_deep(level: list[Any], children: list[Any], max_depth: int) -> bool:
-    """Whether a container sits deeper than ``max_depth`` below ``level`` (depth 0), when
-    nothing below holds anything but plain containers and leaves: each level is the C
-    list of the one above's referents (a leaf has none)."""
-    depth = 0
-    while True:
-        level = gc.get_referents(*level)
-        if children:
-            level += children
-            children = []
-        depth += 1
-        if not level:
-            return False
-        if depth > max_depth:
-            return not _CONTAINERS.isdisjoint(map(type, level))
+_COMPARING_STACK = 8 << 20  # two packers and a reader, each up to its own limit
 
 
 def _filtered_too_deep(roots: list[Any], objects: dict[int, list[Any]], max_depth: int) -> bool:
-    """Like ``_plain_too_deep``, for levels that may hold revived objects and opaque
-    values: an object's children are read from the array it was revived from."""
+    """Whether a container sits deeper than ``max_depth`` below ``roots`` (depth 0), the
+    values read from a format 1 record: each level is the C list of the referents of the
+    containers in the one above, and a revived object's children are read from what it
+    was revived from (its class's code is never looked into)."""
     level = roots
     depth = 0
     while True:

@@ -39,10 +39,12 @@ _ENVELOPE_LENGTH = 15
 _FLAT_BODY = b"\x9f\x02"  # a format 2 body starts with its 15-item array and version 2
 _DEFAULT_MAX_DECODED = 1 << 30  # 1 GiB: PostgreSQL's bytea holds no more
 _DEFAULT_MAX_DEPTH = 100
-# A compressed body may inflate at most this much (plus an allowance for small ones), and
-# hold about one container or typed value per compressed byte: an archive of empty
-# containers or short strings could otherwise take thousands of times its size in memory.
-_MAX_INFLATION = 8
+_ENVELOPE_LEVELS = 2  # the envelope array, and the state dict holding a value
+# A compressed body may inflate at most this much (plus an allowance for small ones): read,
+# one byte of MessagePack can take up to 72 bytes of memory (an empty list and its place in
+# the array holding it), so an archive of a million empty lists would otherwise take
+# gigabytes. Six times keeps a record of 1 MiB within 440 MiB; text compresses less.
+_MAX_INFLATION = 6
 _INFLATION_ALLOWANCE = 64 << 10
 
 
@@ -109,7 +111,7 @@ class JsonSerializer:
     def dumps(self, snapshot: WorkflowSnapshot) -> bytes:
         row = _envelope(snapshot)
         try:
-            body, count = self._codec.pack(row, _value_roots(row), self.max_depth)
+            body = self._codec.pack(row, self.max_depth + _ENVELOPE_LEVELS)
         except (NestedTooDeeply, CollidingHashes) as exc:
             raise self._explain_limit(snapshot, row, exc) from exc
         except Exception as exc:  # a registered class's own code may raise anything
@@ -118,7 +120,7 @@ class JsonSerializer:
         if threshold is not None and len(body) >= threshold and _compresses_well(body):
             packed = zlib.compress(body, self.compress_level)
             # What loads would refuse as an inflating archive is stored as it is.
-            if len(packed) < len(body) and _fits_inflation(len(body), len(packed), count, row):
+            if len(packed) < len(body) and len(body) <= _inflation_limit(len(packed)):
                 detail = b"%s:%d" % (_framing.crc_detail(packed), len(body))
                 return _framing.frame(_FMT_MSGPACK_ZLIB, detail, packed)
         return _framing.frame(_FMT_MSGPACK, _framing.crc_detail(body), body)
@@ -126,7 +128,12 @@ class JsonSerializer:
     def _explain_limit(
         self, snapshot: WorkflowSnapshot, row: list[Any], exc: BaseException
     ) -> SerializationError:
-        found = self._codec.find_beyond_limits(_envelope_parts(snapshot, row), self.max_depth)
+        parts = [
+            # A history entry's parts sit two levels further down: in the list, in the entry.
+            (path, value, self.max_depth - (2 if path.startswith("history[") else 0))
+            for path, value in _envelope_parts(snapshot, row)
+        ]
+        found = self._codec.find_beyond_limits(parts)
         if found is None:
             return SerializationError(f"cannot serialize the snapshot: {exc}")
         where, reason = found
@@ -146,7 +153,7 @@ class JsonSerializer:
 
     def loads(self, data: bytes) -> WorkflowSnapshot:
         fmt, detail, body = _framing.unframe(data)
-        budget = None
+        inflated = False
         if fmt == _FMT_MSGPACK:
             _framing.check_crc(detail, body)
             raw: bytes | memoryview = body
@@ -154,7 +161,7 @@ class JsonSerializer:
             crc, _, size = detail.partition(b":")
             _framing.check_crc(crc, body)
             raw = self._decompress(size, body)
-            budget = _value_budget(len(body))
+            inflated = True
         elif fmt == _FMT_PICKLE:
             raise CorruptSnapshotError(
                 "this record was written by PickleSerializer; load it with"
@@ -166,10 +173,11 @@ class JsonSerializer:
                 " which JsonSerializer does not read"
             )
         try:
+            levels = self.max_depth + _ENVELOPE_LEVELS
             if raw[:2] == _FLAT_BODY:
-                row = self._codec.unpack(raw, _value_roots, self.max_depth, budget)
+                row = self._codec.unpack(raw, levels)
             else:  # written by version 0.1, or damaged
-                row = self._codec.unpack_legacy(raw, _value_roots, self.max_depth, budget)
+                row = self._codec.unpack_legacy(raw, levels, inflated=inflated)
             return _from_row(row)
         except CorruptSnapshotError:
             raise
@@ -256,38 +264,6 @@ class PickleSerializer:
 
 def _inflation_limit(compressed: int) -> int:
     return _MAX_INFLATION * compressed + _INFLATION_ALLOWANCE
-
-
-def _value_budget(compressed: int) -> int:
-    """How many containers and typed values a body inflated from ``compressed`` bytes may
-    hold (about 128 bytes of memory each at most)."""
-    return compressed + 4096
-
-
-def _fits_inflation(plain: int, compressed: int, count: int, row: list[Any]) -> bool:
-    """Whether loads accepts ``plain`` bytes compressed to ``compressed``, holding ``count``
-    values below the envelope's fields: each may take a container and a marker."""
-    structure = 64 + 8 * len(row[8])  # the envelope, its fields, the history entries
-    return (
-        plain <= _inflation_limit(compressed)
-        and 2 * count + structure <= _value_budget(compressed)
-    )
-
-
-def _value_roots(row: Any) -> list[Any]:
-    """The values a snapshot's envelope holds (depth 0): its fields, and those of its
-    history entries and error; values nested in them are counted from there."""
-    if type(row) is not list or len(row) != _ENVELOPE_LENGTH:
-        return [row]
-    roots = [*row[1:8], row[9], *row[11:]]
-    for holder in (row[8], row[10]):  # history entries, error
-        if type(holder) is list:
-            for part in holder:
-                if type(part) is list:
-                    roots += part
-                else:
-                    roots.append(part)
-    return roots
 
 
 _SAMPLE = 64 * 1024
