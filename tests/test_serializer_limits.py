@@ -463,7 +463,8 @@ def test_a_body_inflating_more_than_six_times_is_refused_before_it_is_inflated()
 
 
 def _time_payload(state: bytes) -> bytes:
-    return msgpack.packb([state, None], use_bin_type=True)
+    payload: bytes = msgpack.packb([state, None], use_bin_type=True)
+    return payload
 
 
 IMPOSSIBLE = [
