@@ -70,12 +70,15 @@ class JsonSerializer:
     unregistered class instead of raising (how the command line shows any snapshot).
     Bodies of at least ``compress_threshold`` bytes (1 MiB) are zlib-compressed when a
     sample shows it pays (a quarter smaller or better): large snapshots then take about a
-    sixth of the storage and network. ``None`` turns compression off.
+    sixth of the storage and network. ``None`` turns compression off. A body that would
+    inflate more than six times is stored as it is: ``loads`` refuses to inflate one that
+    claims more, so a small record can never expand into gigabytes.
 
-    Values may nest ``max_depth`` levels below a snapshot's fields (``state['a'][0]`` is
-    two levels down; an object counts one level, its fields one more): deeper values are
-    refused by ``dumps`` and deeper records by ``loads``, so whatever one saves, the other
-    loads, in any thread. Reading never takes memory out of proportion to the record.
+    Values may nest ``max_depth`` (1 to 400, default 100) levels below a snapshot's fields
+    (``state['a'][0]`` is two levels down; an object counts one level, its fields one
+    more; an interrupt's payload and answer, kept in the history, two more): deeper values
+    are refused by ``dumps`` and deeper records by ``loads``, so whatever one saves, the
+    other loads, in any thread. Reading never takes memory out of proportion to the record.
     """
 
     def __init__(
