@@ -15,7 +15,10 @@ import time
 from collections.abc import Callable
 
 import contention
+import handwritten
+import listing
 import memory
+import migration
 import persistence
 import repository
 import scale
@@ -27,11 +30,14 @@ import workflow_persistence
 SECTIONS: list[tuple[str, Callable[[], str]]] = [
     ("Serialization", serializer.run),
     ("DatabasePersistence vs the raw driver", persistence.run),
+    ("DatabasePersistence vs the hand-written statement", handwritten.run),
     ("The repository in a caller's transaction vs the raw driver", repository.run),
     ("Against LangGraph's checkpointers", vs_langgraph.run),
     ("Peak memory of a 64 MiB snapshot", memory.run),
     ("Scale: 10^6 records, prune, list", scale.run),
     ("Contention: 2 processes x 4 threads", contention.run),
+    ("List what waits: 10^3 vs 10^6 runs", listing.run),
+    ("Migration to revision 2 on a full table", migration.run_section),
 ]
 
 

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,9 +55,10 @@ from _harness import (
 from persistence import RawStore
 from sqlalchemy import Engine, event
 
-from workflow_persistence import DatabasePersistence
+from workflow_persistence import DatabasePersistence, WorkflowSnapshot
+from workflow_persistence._columns import columns_of
 from workflow_persistence._database import make_engine
-from workflow_persistence._statements import PRUNE_BATCH, timestamp_processors
+from workflow_persistence._statements import PRUNE_BATCH, ListShape, timestamp_processors
 
 KINDS = ["postgresql", "mariadb", "sqlite"]
 TABLE = "workflow_interrupts"
@@ -86,16 +87,21 @@ def _id(number: int) -> str:
 # -- encoded records ------------------------------------------------------------------------
 
 
-def id_encoder(persistence: DatabasePersistence, state: dict[str, Any]) -> Callable[[str], bytes]:
+def id_encoder(
+    persistence: DatabasePersistence,
+    state: dict[str, Any],
+    make: Callable[[str], WorkflowSnapshot] | None = None,
+) -> Callable[[str], bytes]:
     """``workflow_id -> bytes``, exactly what ``persistence.save`` would store for it.
 
-    Fast path: the default ``wfp:msgpack:<crc32>`` record of a placeholder id of the same
-    length, the id patched into the body and the CRC recomputed. It is used only if it
-    reproduces ``serializer.dumps`` byte for byte on sample ids.
+    ``make(workflow_id)`` builds the snapshot (default: the harness's interrupted one over
+    ``state``). Fast path: the default ``wfp:msgpack:<crc32>`` record of a placeholder id
+    of the same length, the id patched into the body and the CRC recomputed. It is used
+    only if it reproduces ``serializer.dumps`` byte for byte on sample ids.
     """
     serializer = persistence.serializer
     placeholder = "wf-" + "#" * ID_DIGITS
-    template = snapshot(placeholder, state)  # one snapshot: its created_at is fixed
+    template = (make or (lambda wf_id: snapshot(wf_id, state)))(placeholder)  # one snapshot
 
     def full(workflow_id: str) -> bytes:
         template.workflow_id = workflow_id
@@ -122,36 +128,64 @@ def id_encoder(persistence: DatabasePersistence, state: dict[str, Any]) -> Calla
     return patched
 
 
-Row = tuple[str, bytes, int, Any, Any]
+#: Every column of the table, in the order of a filled row.
+COLUMNS = (
+    "workflow_id", "data", "version", "created_at", "updated_at", "status", "workflow_name",
+    "current_node", "interrupt", "run_metadata", "expires_at",
+)
+_COPY_TYPES = [
+    "text", "bytea", "int4", "timestamptz", "timestamptz", "text", "text", "text", "jsonb",
+    "jsonb", "timestamptz",
+]
+Row = tuple[Any, ...]
+
+
+def column_values(
+    kind: str, snap: WorkflowSnapshot, to_db: Callable[[datetime], Any]
+) -> tuple[Any, ...]:
+    """The queryable columns a save of ``snap`` writes, as the bulk fill sends them
+    (PostgreSQL's binary COPY takes JSON as Python objects, the others as text)."""
+    columns = columns_of(snap)
+    interrupt, metadata = columns.interrupt, columns.run_metadata
+    if kind == "postgresql":
+        interrupt = None if interrupt is None else json.loads(interrupt)
+        metadata = json.loads(metadata)
+    expires = None if columns.expires_at is None else to_db(columns.expires_at)
+    return (
+        columns.status, columns.workflow_name, columns.current_node, interrupt, metadata,
+        expires,
+    )
 
 
 def _rows(
     ids: Iterable[tuple[str, datetime]],
     encode: Callable[[str], bytes],
     to_db: Callable[[datetime], Any],
+    columns: tuple[Any, ...],
 ) -> Iterator[Row]:
     for workflow_id, at in ids:
         stamp = to_db(at)
-        yield workflow_id, encode(workflow_id), 1, stamp, stamp
+        yield (workflow_id, encode(workflow_id), 1, stamp, stamp, *columns)
 
 
 def bulk_fill(db: BenchDatabase, rows: Iterable[Row]) -> int:
-    """Insert ``rows`` with the raw driver as fast as it goes; returns how many."""
+    """Insert ``rows`` (every column, in ``COLUMNS`` order) with the raw driver as fast as
+    it goes; returns how many."""
     count = 0
-    columns = "workflow_id, data, version, created_at, updated_at"
+    columns = ", ".join(COLUMNS)
     conn = raw_connection(db)
     try:
         if db.kind == "postgresql":
             with conn.cursor() as cursor, cursor.copy(
                 f"COPY {TABLE} ({columns}) FROM STDIN (FORMAT BINARY)"
             ) as copy:
-                copy.set_types(["text", "bytea", "int4", "timestamptz", "timestamptz"])
+                copy.set_types(_COPY_TYPES)
                 for row in rows:
                     copy.write_row(row)
                     count += 1
             return count
-        placeholders = "(%s, %s, %s, %s, %s)" if db.kind == "mariadb" else "(?, ?, ?, ?, ?)"
-        insert = f"INSERT INTO {TABLE} ({columns}) VALUES {placeholders}"
+        place = "%s" if db.kind == "mariadb" else "?"
+        insert = f"INSERT INTO {TABLE} ({columns}) VALUES ({', '.join([place] * len(COLUMNS))})"
         chunk: list[Row] = []
         cursor = conn.cursor()
 
@@ -252,7 +286,8 @@ def filled_table(
     span = SPREAD.total_seconds()
     ids = ((_id(n), now - timedelta(seconds=rng.uniform(0, span))) for n in range(count))
     started = time.perf_counter()
-    filled = bulk_fill(db, _rows(ids, encode, to_db))
+    columns = column_values(db.kind, snapshot(_id(0), state), to_db)
+    filled = bulk_fill(db, _rows(ids, encode, to_db, columns))
     settle(db)
     seconds = time.perf_counter() - started
     assert filled == count
@@ -470,7 +505,9 @@ def bench_prune(kind: str, directory: Path, state: dict[str, Any]) -> PruneResul
 
         _log(f"{kind}: filling {len(ages):,} records for prune")
         started = time.perf_counter()
-        bulk_fill(db, _rows(((_id(n), at(a)) for n, a in enumerate(ages)), encode, to_db))
+        columns = column_values(db.kind, snapshot(_id(0), state), to_db)
+        ids = ((_id(n), at(a)) for n, a in enumerate(ages))
+        bulk_fill(db, _rows(ids, encode, to_db, columns))
         settle(db)
         _log(f"{kind}: filled in {time.perf_counter() - started:.1f} s; pruning")
         return timed_prune(db, cutoff, removes=PRUNE_OLD, at_cutoff=PRUNE_EDGE)
@@ -645,8 +682,9 @@ class PlanReport:
         persistence.list(limit=100)  # compiles the plan, warms
         plan = persistence._plan
         assert plan is not None
-        stmt = plan.list_variants[(False, True)]
-        params = stmt.params({"limit": 100})
+        shape = ListShape(0, 0, 0, 0, before=False, after=False, cursor=False, limited=True)
+        stmt = plan.list_statement(shape)
+        params = stmt.params({"limit": 100, "now": plan.to_db(datetime.now(UTC))})
         listed = interleaved(
             {"list": lambda: persistence.list(limit=100)}, operations=LIST_OPERATIONS
         )["list"]
@@ -670,17 +708,7 @@ def _explain_list(kind: str, conn: Any, sql: str, params: Any) -> tuple[str, boo
     """(plan text, index used?, notes) for the library's list statement."""
     cursor = conn.cursor()
     if kind == "postgresql":
-        cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
-        custom = "\n".join(row[0] for row in cursor.fetchall())
-        # psycopg prepares a statement run 5 times; the server may then settle on a
-        # generic plan, planned without knowing the LIMIT. Show that one too.
-        assert sql.count("%s") == 1
-        cursor.execute("PREPARE wfp_list AS " + sql.replace("%s", "$1::bigint"))
-        cursor.execute("SET plan_cache_mode = force_generic_plan")
-        cursor.execute("EXPLAIN (ANALYZE, BUFFERS) EXECUTE wfp_list(100)")
-        generic = "\n".join(row[0] for row in cursor.fetchall())
-        cursor.execute("RESET plan_cache_mode")
-        cursor.execute("DEALLOCATE wfp_list")
+        custom, generic = postgresql_plans(conn, sql, params)
         text = f"-- custom plan (parameters known)\n{custom}\n\n-- generic plan\n{generic}"
         used = all(INDEX in plan and "Seq Scan" not in plan for plan in (custom, generic))
         notes = "Both the custom and the generic plan scan the index backwards." if used else ""
@@ -715,6 +743,30 @@ def _explain_list(kind: str, conn: Any, sql: str, params: Any) -> tuple[str, boo
         if any("RIGHT PART" in d for d in details) else ""
     )
     return text, used, notes
+
+
+def postgresql_plans(conn: Any, sql: str, params: Sequence[Any]) -> tuple[str, str]:
+    """``EXPLAIN (ANALYZE, BUFFERS)`` of ``sql``: its custom plan, and the generic plan.
+
+    psycopg prepares a statement run 5 times; the server may then settle on a generic
+    plan, made without knowing the parameters (the LIMIT, the status). Show that one too.
+    """
+    import psycopg
+
+    cursor = conn.cursor()
+    cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
+    custom = "\n".join(row[0] for row in cursor.fetchall())
+    numbered = iter(range(1, len(params) + 1))
+    prepared = re.sub(r"%[sb]", lambda _: f"${next(numbered)}", sql)
+    client = psycopg.ClientCursor(conn)  # EXECUTE takes its arguments as literals
+    client.execute("PREPARE wfp_plan AS " + prepared)
+    client.execute("SET plan_cache_mode = force_generic_plan")
+    arguments = ", ".join(["%s"] * len(params))
+    client.execute(f"EXPLAIN (ANALYZE, BUFFERS) EXECUTE wfp_plan({arguments})", params)
+    generic = "\n".join(row[0] for row in client.fetchall())
+    client.execute("RESET plan_cache_mode")
+    client.execute("DEALLOCATE wfp_plan")
+    return custom, generic
 
 
 def _json_find(node: Any, key: str) -> Any:

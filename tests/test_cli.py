@@ -7,10 +7,12 @@ line cannot import: it must show them anyway.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import enum
 import importlib.metadata
 import json
 import os
+import re
 import secrets
 import shlex
 import subprocess
@@ -31,11 +33,12 @@ from workflow_persistence import (
     Event,
     JsonSerializer,
     PickleSerializer,
+    StoredSnapshotInfo,
     WorkflowInterrupt,
     WorkflowSnapshot,
 )
 from workflow_persistence._database import make_engine
-from workflow_persistence.cli import format_age, parse_age
+from workflow_persistence.cli import format_age, meta_pair, parse_age, question
 from workflow_persistence.migrations import URL_ENV_VAR, VERSION_TABLE, upgrade
 
 from .conftest import Server
@@ -200,9 +203,11 @@ def test_list_newest_first_with_limit_and_json(url: str) -> None:
     save(url, WorkflowSnapshot("first"))  # now the most recent, at version 2
 
     table = ok("list", "--url", url).splitlines()
-    assert table[0].split()[:3] == ["WORKFLOW", "ID", "VERSION"]
+    assert table[0].split() == [
+        "WORKFLOW", "ID", "STATUS", "WORKFLOW", "NODE", "QUESTION", "UPDATED", "(UTC)",
+    ]
     assert [line.split()[:2] for line in table[1:]] == [
-        ["first", "2"], ["third", "1"], ["second", "1"],
+        ["first", "interrupted"], ["third", "interrupted"], ["second", "interrupted"],
     ]
 
     rows = json.loads(ok("list", "--json", "--url", url))
@@ -258,6 +263,168 @@ def test_list_limit_zero_is_refused_not_reported_as_empty(
     assert "--limit" in line and "at least 1" in line
     assert "no stored workflows" not in line
     assert stored_ids(sqlite_url) == ["stored"]
+
+
+def waiting_runs(url: str) -> None:
+    """Runs of two workflows, waiting or failed, for two assignees."""
+    save(
+        url,
+        WorkflowSnapshot(
+            "refund-42", workflow_name="refunds", current_node="approve",
+            interrupt={"question": "Approve 30 EUR?", "draft": "Refund 30 EUR"},
+            metadata={"assignee": "maria", "tenant": "acme"},
+        ),
+        WorkflowSnapshot(
+            "refund-43", workflow_name="refunds", current_node="approve", interrupt="go?",
+            metadata={"assignee": "ben", "tenant": "acme"},
+        ),
+        WorkflowSnapshot(
+            "sync-1", status="failed", workflow_name="sync", current_node="push",
+            metadata={"assignee": "maria"},
+        ),
+        WorkflowSnapshot(
+            "order-7", current_node="confirm",
+            interrupt={"items": [1, 2], "total": Decimal("3.50")},
+            metadata={"priority": 2, "vip": True, "code": "0017"},
+        ),
+    )
+
+
+def cells(line: str) -> list[str]:
+    return re.split(r" {2,}", line.strip())
+
+
+def test_list_shows_status_workflow_node_and_question(url: str) -> None:
+    waiting_runs(url)
+    table = ok("list", "--url", url, env={"COLUMNS": "200"}).splitlines()
+    assert cells(table[0]) == [
+        "WORKFLOW ID", "STATUS", "WORKFLOW", "NODE", "QUESTION", "UPDATED (UTC)",
+    ]
+    rows = {row[0]: row for row in map(cells, table[1:])}
+    assert [row[:5] for row in rows.values()] == [
+        ["order-7", "interrupted", "-", "confirm", '{"items":[1,2],"total":"3.50"}'],
+        ["sync-1", "failed", "sync", "push", "-"],
+        ["refund-43", "interrupted", "refunds", "approve", '"go?"'],
+        ["refund-42", "interrupted", "refunds", "approve", "Approve 30 EUR?"],
+    ]
+    for row in rows.values():
+        updated = datetime.fromisoformat(row[5])
+        assert updated.utcoffset() == timedelta(0) and updated.microsecond == 0
+        assert abs(datetime.now(UTC) - updated) < timedelta(minutes=5)
+    # Every column starts where its header does.
+    starts = [table[0].index(name) for name in ("STATUS", "QUESTION", "UPDATED")]
+    for line in table[1:]:
+        assert [line[s - 2 : s] for s in starts] == ["  "] * 3
+        assert all(line[s] != " " for s in starts)
+
+
+def listed(url: str, *options: str) -> list[str]:
+    rows = json.loads(ok("list", "--json", *options, "--url", url))
+    assert [r["workflow_id"] for r in rows] == [
+        line.split()[0] for line in ok("list", *options, "--url", url).splitlines()[1:]
+        if not line.startswith("no stored workflows")
+    ]
+    return [r["workflow_id"] for r in rows]
+
+
+def test_list_filters_by_status_workflow_and_metadata(url: str) -> None:
+    waiting_runs(url)
+    assert listed(url, "--status", "failed") == ["sync-1"]
+    everyone = ["order-7", "sync-1", "refund-43", "refund-42"]
+    assert listed(url, "--status", "interrupted,failed") == everyone
+    assert listed(url, "--status", "interrupted", "--status", "failed") == everyone
+    assert listed(url, "--status", "completed,running") == []
+    assert listed(url, "--workflow", "refunds") == ["refund-43", "refund-42"]
+    assert listed(url, "--workflow", "refunds", "--workflow", "sync") == everyone[1:]
+    assert listed(url, "--workflow", "Refunds") == []  # names compare exactly
+    assert listed(url, "--meta", "assignee=maria") == ["sync-1", "refund-42"]
+    assert listed(url, "--status", "interrupted", "--meta", "assignee=maria") == ["refund-42"]
+    assert listed(url, "--meta", "assignee=maria", "--meta", "tenant=acme") == ["refund-42"]
+    assert listed(url, "--meta", "assignee=Maria") == []
+    assert listed(url, "--meta", "priority=2") == ["order-7"]
+    assert listed(url, "--meta", 'priority="2"') == []  # the text "2" is not the int 2
+    assert listed(url, "--meta", "vip=true") == ["order-7"]
+    assert listed(url, "--meta", "vip=1") == []  # True is not 1
+    assert listed(url, "--meta", "code=0017") == ["order-7"]  # leading zeros: text
+    assert listed(url, "--meta", "assignee=maria", "--limit", "1") == ["sync-1"]
+    assert ok("list", "--workflow", "sync", "--status", "interrupted", "--url", url).strip() == (
+        "no stored workflows with status interrupted of workflow 'sync'"
+    )
+
+
+def test_list_json_has_every_field(url: str) -> None:
+    expires = datetime.now(UTC) + timedelta(days=3)
+    save(
+        url,
+        WorkflowSnapshot(
+            "done", status="completed", workflow_name="refunds", result={"ok": True},
+            interrupt=None, metadata={"at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)},
+            expires_at=expires,
+        ),
+        WorkflowSnapshot("asks", interrupt={"question": "Q?", "amount": Decimal("1.10")}),
+    )
+    asks, done = json.loads(ok("list", "--json", "--url", url))
+    assert set(done) == {f.name for f in dataclasses.fields(StoredSnapshotInfo)}
+    assert done["status"] == "completed" and done["workflow_name"] == "refunds"
+    assert done["current_node"] is None and done["interrupt"] is None
+    assert done["metadata"] == {"at": "2026-01-02T03:04:05+00:00"}
+    assert abs(datetime.fromisoformat(done["expires_at"]) - expires) < timedelta(seconds=1)
+    assert asks["interrupt"] == {"question": "Q?", "amount": "1.10"}
+    assert asks["expires_at"] is None and asks["metadata"] == {}
+
+
+def test_list_cuts_the_question_to_the_terminal_width(sqlite_url: str) -> None:
+    long = "Approve the refund of " + "x" * 500 + "?"
+    save(
+        sqlite_url,
+        WorkflowSnapshot("long", current_node="approve", interrupt={"question": long}),
+        WorkflowSnapshot("lines", current_node="approve", interrupt={"question": "one\ntwo"}),
+    )
+    narrow = ok("list", "--url", sqlite_url, env={"COLUMNS": "100"}).splitlines()
+    assert len(narrow) == 3 and all(len(line) <= 100 for line in narrow)
+    row = cells(narrow[2])
+    assert row[4].startswith("Approve the refund of xxx") and row[4].endswith("\u2026")
+    assert datetime.fromisoformat(row[5]).utcoffset() == timedelta(0)  # still there
+    assert cells(narrow[1])[4] == "one\\ntwo"  # one line per record
+    wide = ok("list", "--url", sqlite_url, env={"COLUMNS": "1000"}).splitlines()
+    assert cells(wide[2])[4] == long
+
+
+@pytest.mark.parametrize(
+    ("interrupt", "shown"),
+    [
+        ({"question": "Approve?", "draft": "x"}, "Approve?"),
+        ({"question": {"text": "Approve?"}}, '{"text":"Approve?"}'),
+        ({"ask": "Grüße"}, '{"ask":"Grüße"}'),
+        ("go?", '"go?"'),
+        ([1, 2.5, None], "[1,2.5,null]"),
+        (None, "-"),
+        ({"question": "a\nb\tc"}, "a\\nb\\tc"),
+    ],
+)
+def test_the_question_column(interrupt: Any, shown: str) -> None:
+    assert question(interrupt) == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "pair"),
+    [
+        ("assignee=maria", ("assignee", "maria")),
+        ("priority=2", ("priority", 2)),
+        ("delta=-3", ("delta", -3)),
+        ("code=0017", ("code", "0017")),
+        ("ratio=1.5", ("ratio", "1.5")),
+        ("vip=true", ("vip", True)),
+        ("vip=false", ("vip", False)),
+        ("vip=True", ("vip", "True")),
+        ('code="7"', ("code", "7")),
+        ("expr=a=b", ("expr", "a=b")),
+        ("empty=", ("empty", "")),
+    ],
+)
+def test_meta_values(text: str, pair: tuple[str, Any]) -> None:
+    key, value = meta_pair(text)
+    assert (key, value) == pair and type(value) is type(pair[1])
 
 
 # -- show -----------------------------------------------------------------------------------
@@ -367,13 +534,98 @@ def test_prune_older_than(url: str) -> None:
     age(url, "old-2", timedelta(days=400))
     age(url, "recent", timedelta(days=6))
     assert ok("prune", "--older-than", "7d", "--url", url).strip() == (
-        "pruned 2 snapshots not updated for 7d"
+        "pruned 2 snapshots not updated for 7d, or expired"
     )
     assert stored_ids(url) == ["new", "recent"]
     assert "pruned 0 snapshots" in ok("prune", "--older-than", "7d", "--url", url)
     assert "pruned 0 snapshots" in ok("prune", "--older-than", "99999999d", "--url", url)
     assert "pruned 1 snapshot " in ok("prune", "--older-than", "1d12h", "--url", url)
     assert stored_ids(url) == ["new"]
+
+
+def stored_rows(url: str) -> list[str]:
+    """Every record in the table, expired ones included (which ``list`` never shows)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            ids = conn.execute(sa.select(WorkflowInterrupt.workflow_id)).scalars().all()
+    finally:
+        engine.dispose()
+    return sorted(ids)
+
+
+def retention_runs(url: str) -> None:
+    now = datetime.now(UTC)
+    save(
+        url,
+        WorkflowSnapshot("done-expired", status="completed", expires_at=now - timedelta(hours=1)),
+        WorkflowSnapshot("done-kept", status="completed", expires_at=now + timedelta(days=30)),
+        WorkflowSnapshot("failed-old", status="failed"),
+        WorkflowSnapshot("waiting-old"),
+        WorkflowSnapshot("failed-new", status="failed"),
+    )
+    age(url, "failed-old", timedelta(days=10))
+    age(url, "waiting-old", timedelta(days=10))
+
+
+def test_prune_removes_expired_records_and_old_ones_by_status(url: str) -> None:
+    retention_runs(url)
+    everything = ["done-expired", "done-kept", "failed-new", "failed-old", "waiting-old"]
+    assert stored_rows(url) == everything
+    assert "done-expired" not in stored_ids(url)  # gone for list before any prune
+
+    assert ok("prune", "--dry-run", "--url", url).strip() == (
+        "would prune 1 snapshot: 1 expired (nothing was deleted)"
+    )
+    assert ok(
+        "prune", "--older-than", "7d", "--status", "failed", "--dry-run", "--url", url
+    ).strip() == (
+        "would prune 2 snapshots: 1 not updated for 7d with status failed, 1 expired"
+        " (nothing was deleted)"
+    )
+    assert ok("prune", "--older-than", "7d", "--dry-run", "--url", url).strip() == (
+        "would prune 3 snapshots: 2 not updated for 7d, 1 expired (nothing was deleted)"
+    )
+    assert stored_rows(url) == everything  # a dry run deletes nothing
+
+    assert ok("prune", "--url", url).strip() == "pruned 1 snapshot (expired)"
+    assert stored_rows(url) == everything[1:]
+    assert ok(
+        "prune", "--older-than", "7d", "--status", "failed,completed", "--url", url
+    ).strip() == "pruned 1 snapshot not updated for 7d with status failed or completed, or expired"
+    assert stored_rows(url) == ["done-kept", "failed-new", "waiting-old"]
+    again = ok("prune", "--older-than", "7d", "--status", "failed", "--dry-run", "--url", url)
+    assert again.strip() == (
+        "would prune 0 snapshots: 0 not updated for 7d with status failed, 0 expired"
+        " (nothing was deleted)"
+    )
+
+
+def test_show_prints_workflow_name_result_and_expiry(url: str) -> None:
+    expires = datetime.now(UTC) + timedelta(days=30)
+    save(
+        url,
+        WorkflowSnapshot(
+            "done", status="completed", workflow_name="refunds",
+            result={"refunded": Decimal("30.00"), "by": "maria"}, expires_at=expires,
+        ),
+        WorkflowSnapshot("waiting", workflow_name="refunds", interrupt={"question": "Q?"}),
+    )
+    shown = json.loads(ok("show", "done", "--url", url))
+    assert shown["status"] == "completed" and shown["workflow_name"] == "refunds"
+    assert shown["result"] == {"refunded": "30.00", "by": "maria"}
+    assert abs(datetime.fromisoformat(shown["expires_at"]) - expires) < timedelta(seconds=1)
+    waiting = json.loads(ok("show", "waiting", "--url", url))
+    assert (waiting["result"], waiting["expires_at"]) == (None, None)
+
+
+def test_an_expired_record_is_gone_for_every_command(url: str) -> None:
+    retention_runs(url)
+    line = fails("show", "done-expired", "--url", url)
+    assert "'done-expired'" in line and "expired at" in line and "prune" in line
+    assert "'done-expired'" in fails("delete", "done-expired", "--url", url)
+    assert "done-expired" not in stored_ids(url)
+    assert "done-expired" in stored_rows(url)  # left for prune
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -396,6 +648,7 @@ COMMANDS = {
     "show": ["show", "w"],
     "delete": ["delete", "w"],
     "prune": ["prune", "--older-than", "7d"],
+    "prune-dry-run": ["prune", "--dry-run"],
 }
 BAD_URL_CASES = [
     *((name, bad) for name in COMMANDS for bad in NAMED_BAD_URLS),
@@ -406,7 +659,7 @@ BAD_URL_CASES = [
 @pytest.mark.parametrize(("command", "bad_url"), BAD_URL_CASES)
 def test_bad_url_fails_in_one_line(command: str, bad_url: str) -> None:
     line = fails(*COMMANDS[command], "--url", bad_url)
-    assert line.startswith(f"workflow-persistence {command}: ")
+    assert line.startswith(f"workflow-persistence {COMMANDS[command][0]}: ")
 
 
 def test_bad_url_from_the_environment_fails_in_one_line(tmp_path: Path) -> None:
@@ -424,12 +677,27 @@ def test_bad_age_fails_in_one_line(sqlite_url: str, command: str, bad_age: str) 
 
 
 @pytest.mark.parametrize(
-    "args",
-    [["bogus"], ["prune"], ["show"], ["list", "--limit", "-1"]],
+    ("args", "named"),
+    [
+        (["bogus"], "bogus"),
+        (["show"], "ID"),
+        (["list", "--limit", "-1"], "--limit"),
+        (["list", "--status", "waiting"], "'waiting'"),
+        (["list", "--status", "interrupted,"], "--status"),
+        (["list", "--meta", "assignee"], "KEY=VALUE"),
+        (["list", "--meta", "bad key=1"], "'bad key'"),
+        (["list", "--meta", "a'); DROP TABLE x; --=1"], "not allowed"),
+        (["list", "--meta", "a=1", "--meta", "a=2"], "twice"),
+        (["list", "--meta", 'a="x"y"'], "JSON string"),
+        (["prune", "--status", "failed"], "--older-than"),
+        (["prune", "--status", "bogus", "--older-than", "1d"], "'bogus'"),
+    ],
     ids=repr,
 )
-def test_usage_errors_fail_in_one_line(sqlite_url: str, args: list[str]) -> None:
-    fails(*args, "--url", sqlite_url)
+def test_usage_errors_fail_in_one_line(sqlite_url: str, args: list[str], named: str) -> None:
+    save(sqlite_url, WorkflowSnapshot("kept"))
+    assert named in fails(*args, "--url", sqlite_url)
+    assert stored_ids(sqlite_url) == ["kept"]
 
 
 # -- a server that refuses the login or has no such database --------------------------------------

@@ -67,6 +67,7 @@ DAMAGES = {
         Damage("updated_at", "x'00ff'"),
         Damage("updated_at", "'0000-00-00 00:00:00'"),
         Damage("updated_at", "'9999-12-31 23:00:00-05:00'"),  # past year 9999 in UTC
+        Damage("expires_at", "'garbage'"),  # sorts after any timestamp: not expired
     ],
     "postgresql": [
         Damage("version", "0"),
@@ -75,6 +76,7 @@ DAMAGES = {
         Damage("created_at", "'-infinity'"),
         Damage("updated_at", "'10000-01-01 00:00:00+00'"),
         Damage("updated_at", "'0044-03-15 00:00:00+00 BC'"),
+        Damage("expires_at", "'infinity'"),
     ],
     "mariadb": [
         Damage("version", "0"),
@@ -82,6 +84,7 @@ DAMAGES = {
         Damage("updated_at", "'0000-00-00 00:00:00'"),
         Damage("created_at", "'0000-00-00 00:00:00'"),
         Damage("updated_at", "'2024-00-10 00:00:00'"),  # a zero month
+        Damage("expires_at", "'2999-00-10 00:00:00'"),  # a zero month, in the future
     ],
 }
 CASES = [
@@ -165,6 +168,40 @@ def test_list_leaves_out_the_damaged_record_and_lists_the_rest(
     later = datetime.now(UTC) + timedelta(hours=1)
     assert _listed(damaged.list(updated_before=later)) == expected
     assert all(type(info.version) is int for info in damaged.list())
+
+
+#: JSON columns holding what no save writes: not JSON (SQLite keeps any text), or not an
+#: object where the metadata belongs.
+JSON_DAMAGES = {
+    "sqlite": [
+        Damage("run_metadata", "'not json'"),
+        Damage("interrupt", "'{broken'"),
+        Damage("run_metadata", "'[1, 2]'"),
+        Damage("status", "x'05'"),  # a blob where the status text belongs
+    ],
+    "postgresql": [Damage("run_metadata", "'[1, 2]'"), Damage("run_metadata", "'\"text\"'")],
+    "mariadb": [Damage("run_metadata", "'[1, 2]'"), Damage("run_metadata", "'\"text\"'")],
+}
+
+
+@pytest.mark.parametrize(
+    ("db_kind", "damage"),
+    [
+        pytest.param(kind, damage, id=f"{kind}-{damage}")
+        for kind, damages in JSON_DAMAGES.items()
+        for damage in damages
+    ],
+)
+def test_list_leaves_out_a_record_whose_queryable_columns_are_damaged(
+    damaged: DatabasePersistence, damage: Damage, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="workflow_persistence"):
+        assert _listed(damaged.list()) == list(reversed(HEALTHY))
+    assert "'bad'" in caplog.text and damage.column in caplog.text
+    assert _listed(damaged.list(limit=1)) == [HEALTHY[-1]]
+    assert damaged.load("bad").workflow_id == "bad"  # data is the truth, and sound
+    assert damaged.save(damaged.load("bad")) >= 1  # a save writes the columns anew
+    assert "bad" in _listed(damaged.list())
 
 
 def _outcome(save: Callable[[], int]) -> int | str:
@@ -269,7 +306,8 @@ def test_a_blob_workflow_id_is_left_out_of_the_list(engine: Engine) -> None:
         store.save(WorkflowSnapshot("good"))
         plant(
             engine,
-            f"INSERT INTO {TABLE} SELECT x'00ff', data, version, created_at, updated_at"
+            f"INSERT INTO {TABLE} (workflow_id, data, version, created_at, updated_at, status)"
+            f" SELECT x'00ff', data, version, created_at, updated_at, status"
             f" FROM {TABLE} WHERE workflow_id = 'good'",
         )
         assert _listed(store.list()) == ["good"]
@@ -315,13 +353,20 @@ class LooseInterrupt(WorkflowInterruptMixin, _HostBase):
 
 _LOOSE_DDL = {
     "sqlite": "CREATE TABLE IF NOT EXISTS wfp_loose_interrupts (workflow_id VARCHAR(255)"
-    " PRIMARY KEY, data BLOB, version INTEGER, created_at DATETIME, updated_at DATETIME)",
+    " PRIMARY KEY, data BLOB, version INTEGER, created_at DATETIME, updated_at DATETIME,"
+    " status VARCHAR(16), workflow_name VARCHAR(255), current_node VARCHAR(255),"
+    " interrupt JSON, run_metadata JSON, expires_at DATETIME)",
     "postgresql": "CREATE TABLE IF NOT EXISTS wfp_loose_interrupts (workflow_id VARCHAR(255)"
     " PRIMARY KEY, data BYTEA, version INTEGER, created_at TIMESTAMPTZ,"
-    " updated_at TIMESTAMPTZ)",
+    " updated_at TIMESTAMPTZ, status VARCHAR(16), workflow_name VARCHAR(255),"
+    " current_node VARCHAR(255), interrupt JSONB, run_metadata JSONB, expires_at TIMESTAMPTZ)",
     "mariadb": "CREATE TABLE IF NOT EXISTS wfp_loose_interrupts (workflow_id VARCHAR(255)"
     " CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin PRIMARY KEY, data LONGBLOB NULL,"
-    " version INTEGER NULL, created_at DATETIME(6) NULL, updated_at DATETIME(6) NULL)",
+    " version INTEGER NULL, created_at DATETIME(6) NULL, updated_at DATETIME(6) NULL,"
+    " status VARCHAR(16) NULL, workflow_name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE"
+    " utf8mb4_nopad_bin NULL, current_node VARCHAR(255) CHARACTER SET utf8mb4 COLLATE"
+    " utf8mb4_nopad_bin NULL, interrupt JSON NULL, run_metadata JSON NULL,"
+    " expires_at DATETIME(6) NULL)",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import socket
@@ -73,7 +74,9 @@ def test_save_and_load_are_one_round_trip_each(store: DatabasePersistence, db_ki
     assert round_trips(store, db_kind, lambda: store.exists("w")) == 1
     assert round_trips(store, db_kind, lambda: store.delete("gone")) == 1
     assert round_trips(store, db_kind, lambda: store.list(limit=10)) == 1
-    assert round_trips(store, db_kind, lambda: store.prune(timedelta(days=1))) == 1
+    # The expired records (by the expires_at index), then the old ones (by updated_at).
+    assert round_trips(store, db_kind, lambda: store.prune(timedelta(days=1))) == 2
+    assert round_trips(store, db_kind, lambda: store.prune()) == 1
 
 
 @pytest.mark.parametrize("form", ["url-string", "url-object", "engine", "sessionmaker"])
@@ -360,6 +363,27 @@ def test_packet_sizer_matches_the_drivers_escaping() -> None:
     assert backslash_sizer(data) < hex_sizer(data)
 
 
+def test_the_packet_check_counts_the_question_and_metadata() -> None:
+    """A save sends the JSON texts of the question and metadata beside the data: a
+    statement they push over max_allowed_packet is refused before it is sent."""
+    import pymysql.converters
+
+    from workflow_persistence import _mysql
+
+    class Connection:  # what the check learns once per connection, already learned
+        def __init__(self) -> None:
+            self.info = {_mysql._LIMIT_KEY: 110_000, _mysql._SIZER_KEY: _mysql.hex_escaped_size}
+
+    data = b"d" * 30_000  # 60 KB as hex: fits
+    _mysql.check_packet_size(Connection(), data, None, "{}")
+    question = json.dumps({"text": "é" * 10_000}, ensure_ascii=False)  # 20 KB in UTF-8
+    escaped = pymysql.converters.escape_string(question).encode()
+    assert len(escaped) <= 2 * len(question.encode())
+    _mysql.check_packet_size(Connection(), data, question, "{}")  # 60 + 40 + 4 KB: just fits
+    with pytest.raises(PayloadTooLargeError, match="question and metadata"):
+        _mysql.check_packet_size(Connection(), data, question, question)
+
+
 def test_prune_in_batches_is_exact_with_ties_across_batches(
     store: DatabasePersistence, engine: Engine
 ) -> None:
@@ -373,12 +397,12 @@ def test_prune_in_batches_is_exact_with_ties_across_batches(
     cutoff = datetime(2021, 1, 1, tzinfo=UTC)
     data = JsonSerializer().dumps(WorkflowSnapshot("x"))
     rows = [
-        {"workflow_id": f"old-{i}", "data": data, "version": 1,
+        {"workflow_id": f"old-{i}", "data": data, "version": 1, "status": "interrupted",
          "created_at": old_a if i < 1500 else old_b, "updated_at": old_a if i < 1500 else old_b}
         for i in range(2 * PRUNE_BATCH + 300)
     ]
     rows += [
-        {"workflow_id": f"new-{i}", "data": data, "version": 1,
+        {"workflow_id": f"new-{i}", "data": data, "version": 1, "status": "interrupted",
          "created_at": cutoff, "updated_at": cutoff}  # exactly at the cutoff: kept
         for i in range(50)
     ]

@@ -6,6 +6,8 @@ cover what only a directory of files can get wrong.
 
 from __future__ import annotations
 
+import base64
+import json
 import multiprocessing
 import os
 import stat
@@ -15,7 +17,7 @@ import textwrap
 import threading
 import unicodedata
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from multiprocessing.context import SpawnContext
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,11 @@ from workflow_persistence import (
     FilePersistence,
     InvalidWorkflowIdError,
     JsonSerializer,
+    PayloadTooLargeError,
+    PickleSerializer,
     SerializationError,
     StorageUnavailableError,
+    StoredSnapshotInfo,
     WorkflowNotFoundError,
     WorkflowSnapshot,
 )
@@ -509,8 +514,8 @@ def test_garbage_body_still_lists_but_does_not_load(
 ) -> None:
     store.save(WorkflowSnapshot("w", state={"v": 1}))
     path = directory / file_name("w")
-    header = path.read_bytes().split(b"\n", 1)[0] + b"\n"
-    path.write_bytes(header + b"\x00garbage, not a snapshot\xff" * 10)
+    header, columns, _ = path.read_bytes().split(b"\n", 2)  # what list reads: kept
+    path.write_bytes(header + b"\n" + columns + b"\n" + b"\x00garbage, not a snapshot\xff" * 10)
 
     [info] = store.list()
     assert (info.workflow_id, info.version) == ("w", 1)
@@ -615,3 +620,215 @@ def test_a_fork_while_another_thread_holds_the_lock_does_not_deadlock(tmp_path: 
     assert child.exitcode == 0
     assert result.get() == "saved"
     assert store.exists("child")
+
+
+# -- the columns line, and files written before it existed -------------------------------
+
+#: Written by the release before the columns line (format 1, envelope 1): the run
+#: "refund-7" at version 2, interrupted at "approve", asking about a ``__main__.Quote``
+#: (a class no reader has), metadata {"tenant": "acme", "user": "ana"}.
+FORMAT_1_JSON = base64.b64decode(
+    """
+d2ZwLWZpbGUgMSB7ImlkIjogInJlZnVuZC03IiwgInZlcnNpb24iOiAyLCAiY3JlYXRlZF9hdCI6ICIyMDI2LTEx
+LTI3VDE1OjMyOjU2LjQwMTc4NiswMDowMCIsICJ1cGRhdGVkX2F0IjogIjIwMjYtMTEtMjdUMTU6MzI6NTYuNDMx
+MzYwKzAwOjAwIn0Kd2ZwOm1zZ3BhY2s6ODdhY2VkYTgKnwGocmVmdW5kLTeraW50ZXJydXB0ZWSBpmFtb3VudB6n
+YXBwcm92ZcCQg6hxdWVzdGlvbqhBcHByb3ZlP6VxdW90Zcc3DJOuX19tYWluX186UXVvdGWpZGF0YWNsYXNzgqZh
+bW91bnTHBQoxMi41MKhjdXJyZW5jeaNFVVKlYXNrZWTHCgUH6gMBCR4AAAAAkIDAgqZ0ZW5hbnSkYWNtZaR1c2Vy
+o2FuYccKBQfqCxsPIDgGIXrHCgUH6gsbDyA4BiF6AQ=="""
+)
+#: The same release's file of "signed", saved with PickleSerializer(secret_key=b"k" * 32).
+FORMAT_1_PICKLE = base64.b64decode(
+    """
+d2ZwLWZpbGUgMSB7ImlkIjogInNpZ25lZCIsICJ2ZXJzaW9uIjogMSwgImNyZWF0ZWRfYXQiOiAiMjAyNi0xMS0y
+N1QxNTozMzowMC42Mzc2MjArMDA6MDAiLCAidXBkYXRlZF9hdCI6ICIyMDI2LTExLTI3VDE1OjMzOjAwLjYzNzYy
+MCswMDowMCJ9CndmcDpwaWNrbGU6YzI2M2QxYmFmMmM1YWJlZjA3YTUwNzMyMzFjMDM3ZjQ2YWUyYTMwZTkwNzdm
+MWJiN2RmM2VjZmY2MDg0MTcxZAqABZV9AQAAAAAAAIwed29ya2Zsb3dfcGVyc2lzdGVuY2UuX3NuYXBzaG90lIwQ
+V29ya2Zsb3dTbmFwc2hvdJSTlCmBlH2UKIwLd29ya2Zsb3dfaWSUjAZzaWduZWSUjAZzdGF0dXOUjAZmYWlsZWSU
+jAVzdGF0ZZR9lIwMY3VycmVudF9ub2RllE6MBWV2ZW50lE6MD2NvbXBsZXRlZF9ub2Rlc5RdlIwJaW50ZXJydXB0
+lE6MB2hpc3RvcnmUXZSMCGF0dGVtcHRzlH2UjAVlcnJvcpROjAhtZXRhZGF0YZR9lIwGdGVuYW50lIwEYWNtZZRz
+jApjcmVhdGVkX2F0lIwIZGF0ZXRpbWWUjAhkYXRldGltZZSTlEMKB+oLGw8hAAm6C5RoGowIdGltZXpvbmWUk5Ro
+GowJdGltZWRlbHRhlJOUSwBLAEsAh5RSlIWUUpSGlFKUjAp1cGRhdGVkX2F0lGgcQwoH6gsbDyEACboPlGglhpRS
+lIwHdmVyc2lvbpRLAHViLg=="""
+)
+FORMAT_1_CREATED = datetime(2026, 11, 27, 15, 32, 56, 401786, tzinfo=UTC)
+FORMAT_1_UPDATED = datetime(2026, 11, 27, 15, 32, 56, 431360, tzinfo=UTC)
+
+
+def test_a_format_1_file_lists_its_columns_without_importing_its_classes(
+    directory: Path,
+) -> None:
+    directory.mkdir()
+    (directory / file_name("refund-7")).write_bytes(FORMAT_1_JSON)
+    lister = FilePersistence(directory, serializer=RefusesToDecode())
+    modules_before = set(sys.modules)
+
+    [info] = lister.list(status="interrupted", metadata={"tenant": "acme"})
+    assert info == StoredSnapshotInfo(
+        "refund-7",
+        FORMAT_1_CREATED,
+        FORMAT_1_UPDATED,
+        2,
+        status="interrupted",
+        workflow_name=None,
+        current_node="approve",
+        interrupt={
+            "question": "Approve?",
+            "quote": {"amount": "12.50", "currency": "EUR"},
+            "asked": "2026-03-01T09:30:00+00:00",
+        },
+        metadata={"tenant": "acme", "user": "ana"},
+        expires_at=None,
+    )
+    assert lister.list(status="failed") == []
+    assert lister.prune(FORMAT_1_UPDATED, status="interrupted") == 0
+    assert set(sys.modules) == modules_before
+
+
+def test_a_format_1_file_loads_and_its_next_save_writes_the_columns(directory: Path) -> None:
+    directory.mkdir()
+    path = directory / file_name("refund-7")
+    path.write_bytes(FORMAT_1_JSON)
+    store = FilePersistence(directory, serializer=JsonSerializer(unknown_classes="stand-in"))
+    assert store.exists("refund-7")
+    loaded = store.load("refund-7")
+    assert (loaded.version, loaded.created_at, loaded.updated_at) == (
+        2,
+        FORMAT_1_CREATED,
+        FORMAT_1_UPDATED,
+    )
+    assert loaded.metadata == {"tenant": "acme", "user": "ana"}
+
+    loaded.status = "failed"
+    assert store.save(loaded, expected_version=2) == 3
+    assert path.read_bytes().startswith(b"wfp-file 2 ")
+    lister = FilePersistence(directory, serializer=RefusesToDecode())
+    [info] = lister.list(status="failed")
+    assert (info.version, info.created_at, info.current_node) == (3, FORMAT_1_CREATED, "approve")
+
+
+def test_a_format_1_file_that_cannot_be_decoded_lists_as_unknown(directory: Path) -> None:
+    directory.mkdir()
+    (directory / file_name("signed")).write_bytes(FORMAT_1_PICKLE)
+    damaged = bytearray(FORMAT_1_JSON)
+    damaged[-3] ^= 0xFF  # the checksum fails
+    (directory / file_name("refund-7")).write_bytes(bytes(damaged))
+    store = FilePersistence(directory)
+
+    infos = store.list(status="unknown")
+    assert sorted(ids_of(infos)) == ["refund-7", "signed"]
+    assert all((i.metadata, i.interrupt, i.current_node) == ({}, None, None) for i in infos)
+    assert store.list(status=["failed", "interrupted"]) == []
+    signed = FilePersistence(directory, serializer=PickleSerializer(secret_key=b"k" * 32))
+    assert signed.load("signed").metadata == {"tenant": "acme"}  # its data is whole
+    assert store.prune(timedelta(0), status="unknown") == 2
+    assert store.list() == []
+
+
+_LIST_UNDER_A_MEMORY_LIMIT = textwrap.dedent(
+    """
+    import json, resource, sys
+    from workflow_persistence import FilePersistence
+
+    store = FilePersistence(sys.argv[1])
+    limit = 1 << 30  # address space: a third of the file
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    print(json.dumps([[i.workflow_id, i.version, i.status] for i in store.list()]))
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_a_big_format_1_file_lists_as_unknown_without_being_read(directory: Path) -> None:
+    directory.mkdir()
+    path = directory / file_name("refund-7")
+    path.write_bytes(FORMAT_1_JSON)
+    with open(path, "r+b") as f:
+        f.truncate(3 << 30)  # sparse: a 3 GiB body behind a valid header
+    done = subprocess.run(
+        [sys.executable, "-c", _LIST_UNDER_A_MEMORY_LIMIT, str(directory)],
+        capture_output=True, text=True, timeout=100, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [["refund-7", 2, "unknown"]]
+
+
+def ids_of(infos: list[StoredSnapshotInfo]) -> list[str]:
+    return [info.workflow_id for info in infos]
+
+
+def test_list_and_prune_read_the_columns_line_only(directory: Path) -> None:
+    writer = FilePersistence(directory)
+    writer.save(WorkflowSnapshot("a", status="failed", metadata={"tenant": "acme"}))
+    writer.save(WorkflowSnapshot("b", workflow_name="refunds", interrupt={"q": "?"}))
+    lister = FilePersistence(directory, serializer=RefusesToDecode())
+    assert ids_of(lister.list(metadata={"tenant": "acme"})) == ["a"]
+    [b] = lister.list(workflow_name="refunds", status="interrupted")
+    assert (b.workflow_id, b.interrupt) == ("b", {"q": "?"})
+    assert lister.prune(timedelta(0), status="failed") == 1
+    assert ids_of(lister.list()) == ["b"]
+
+
+def test_columns_keep_any_text_exactly(store: FilePersistence) -> None:
+    odd = "line\nbreak \u2028 \x00 \"quoted\" \\ \r\t end"
+    store.save(
+        WorkflowSnapshot(
+            "w",
+            workflow_name=odd,
+            current_node=odd,
+            interrupt={odd: odd, "n": 1},
+            metadata={"tenant\n": "a\nb", "x": "\u2029"},
+        )
+    )
+    [info] = store.list(workflow_name=odd)
+    assert info.workflow_name == odd and info.current_node == odd
+    assert info.metadata == {"tenant\n": "a\nb", "x": "\u2029"}
+    assert info.interrupt == {odd.replace("\x00", "\ufffd"): odd.replace("\x00", "\ufffd"), "n": 1}
+    assert store.load("w").workflow_name == odd
+
+
+def test_expiry_is_kept_in_utc_in_the_header(store: FilePersistence, directory: Path) -> None:
+    expires_at = datetime(2099, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=2)))
+    store.save(WorkflowSnapshot("w", expires_at=expires_at))
+    header = (directory / file_name("w")).read_bytes().split(b"\n", 1)[0]
+    assert b'"expires_at": "2099-01-02T01:04:05.000006+00:00"' in header
+    [info] = store.list()
+    assert info.expires_at == expires_at and info.expires_at.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "how", ["longer", "shorter", "zero", "huge", "not json", "no status", "status not text"]
+)
+def test_a_damaged_columns_line_is_not_listed(
+    store: FilePersistence, directory: Path, how: str
+) -> None:
+    store.save(WorkflowSnapshot("w", state={"v": 1}))
+    store.save(WorkflowSnapshot("intact"))
+    path = directory / file_name("w")
+    header, columns, data = path.read_bytes().split(b"\n", 2)
+    size = f'"columns": {len(columns) + 1}'.encode()
+    if how == "not json":
+        columns = b"[" + columns[1:]
+    elif how == "no status":
+        columns = columns.replace(b'"status"', b'"statvs"')
+    elif how == "status not text":
+        columns = columns.replace(b'"status": "interrupted"', b'"status": 1234567890123')
+    else:
+        new_size = {"longer": len(columns) + 2, "shorter": len(columns), "zero": 0}.get(
+            how, 1 << 30
+        )
+        header = header.replace(size, f'"columns": {new_size}'.encode())
+    path.write_bytes(header + b"\n" + columns + b"\n" + data)
+
+    assert ids_of(store.list()) == ["intact"]
+    if how in ("not json", "no status", "status not text"):  # load reads header and data
+        assert store.load("w").state == {"v": 1}
+    else:
+        with pytest.raises(CorruptSnapshotError, match="damaged header"):
+            store.load("w")
+    assert store.delete("w") is True
+
+
+def test_names_too_long_to_list_are_refused(store: FilePersistence, directory: Path) -> None:
+    with pytest.raises(PayloadTooLargeError, match="workflow_name"):
+        store.save(WorkflowSnapshot("w", workflow_name="n" * (1 << 20)))
+    assert snapshot_files(directory) == []

@@ -51,7 +51,9 @@ from .hostapp.support import (
     version_rows,
 )
 
-REVISION = "wfp_0001"
+REVISION = "wfp_0002"  # the library's head
+FIRST = "wfp_0001"  # the library's base
+OUR_REVISION_FILES = ["wfp_0001_create_workflow_interrupts.py", "wfp_0002_queryable_columns.py"]
 #: The console script installed next to the interpreter running the tests.
 CLI = Path(sys.executable).with_name("workflow-persistence")
 HOST_VERSION_TABLE = "alembic_version"
@@ -285,9 +287,10 @@ def test_upgrade_heads_creates_both_tables(host: HostProject) -> None:
 
 def test_the_host_first_revision_lands_in_the_host_folder(host: HostProject) -> None:
     assert host.revision_file.parent == host.root / "migrations" / "versions"
-    assert host.ours_after == host.ours_before == ["wfp_0001_create_workflow_interrupts.py"]
+    assert host.ours_after == host.ours_before == OUR_REVISION_FILES
     script = ScriptDirectory.from_config(Config(str(host.ini)))
-    assert sorted(script.get_bases()) == sorted(script.get_heads())  # two independent roots
+    # Two independent branches: the library's (wfp_0001 -> head) and the host's one revision.
+    assert sorted(script.get_bases()) == sorted({*script.get_heads(), FIRST} - {REVISION})
     assert len(script.get_heads()) == 2
     assert REVISION in script.get_heads()
     host_head = script.get_revision(f"{HOST_BRANCH}@head")
@@ -305,6 +308,23 @@ def test_the_host_first_revision_lands_in_the_host_folder(host: HostProject) -> 
     assert "workflow_persistence.types.WorkflowIdType(length=255)" in upgrade
     assert "workflow_persistence.types.UTCDateTime(timezone=True)" in upgrade
     assert "workflow_persistence._" not in text  # no private module
+    # The queryable columns and their indexes reach the host's tables too.
+    for column in ("workflow_name", "current_node"):
+        assert f"sa.Column('{column}', workflow_persistence.types.WorkflowIdType(length=255)," \
+            " nullable=True)" in upgrade
+    assert "sa.Column('status', sa.String(length=16), nullable=False)" in upgrade
+    for column in ("interrupt", "run_metadata"):
+        assert (
+            f"sa.Column('{column}', workflow_persistence.types.JsonData(), nullable=True)"
+        ) in upgrade
+    assert "sa.Column('expires_at', workflow_persistence.types.UTCDateTime(timezone=True)," \
+        " nullable=True)" in upgrade
+    for table in ("host_interrupts", "host_archived_interrupts"):
+        for suffix, columns in (("status_updated_at", "['status', 'updated_at']"),
+                                ("expires_at", "['expires_at']")):
+            assert (
+                f"op.create_index('ix_{table}_{suffix}', '{table}', {columns}, unique=False)"
+            ) in upgrade
     # A table given its own __table_args__ dict keeps the mixin's index.
     assert "op.create_table('host_archived_interrupts'" in upgrade
     assert (
@@ -529,7 +549,7 @@ def test_a_plain_first_revision_starts_the_host_branch_in_its_folder(
     assert table_names(url) == {*HOST_TABLES, TABLE, HOST_VERSION_TABLE}
     script = ScriptDirectory.from_config(Config(str(ini)))
     assert len(script.get_heads()) == 2
-    assert set(script.get_bases()) == set(script.get_heads())
+    assert set(script.get_bases()) == {*script.get_heads(), FIRST} - {REVISION}
 
 
 # -- version_locations set in code --------------------------------------------------------
@@ -644,9 +664,9 @@ def test_mixin_table_args_keep_the_index_in_a_schema(
     assert isinstance(table, sa.Table)
     assert table.schema == schema
     assert table.comment == "host snapshots"
-    assert [(i.name, [c.name for c in i.columns]) for i in table.indexes] == [
-        ("ix_scoped_interrupts_updated_at", ["updated_at"])
-    ]
+    assert sorted((i.name, [c.name for c in i.columns]) for i in table.indexes) == (
+        mixin_indexes("scoped_interrupts")
+    )
     engine = make_engine(empty_database_url)
     if "attach" in options:
         event.listen(engine, "connect", options["attach"])
@@ -656,9 +676,9 @@ def test_mixin_table_args_keep_the_index_in_a_schema(
         assert "scoped_interrupts" in inspector.get_table_names(schema=schema)
         assert "scoped_interrupts" not in inspector.get_table_names()
         indexes = inspector.get_indexes("scoped_interrupts", schema=schema)
-        assert [(i["name"], i["column_names"]) for i in indexes] == [
-            ("ix_scoped_interrupts_updated_at", ["updated_at"])
-        ]
+        assert sorted((i["name"], i["column_names"]) for i in indexes) == (
+            mixin_indexes("scoped_interrupts")
+        )
         with engine.connect() as connection:
             diff = schema_diff(
                 connection,
@@ -684,6 +704,15 @@ def table_of(model: type[Any]) -> sa.Table:
     table = model.__table__
     assert isinstance(table, sa.Table)
     return table
+
+
+def mixin_indexes(table_name: str) -> list[tuple[str | None, list[str]]]:
+    """The indexes the mixin gives a table, sorted by name."""
+    return sorted([
+        (f"ix_{table_name}_updated_at", ["updated_at"]),
+        (f"ix_{table_name}_status_updated_at", ["status", "updated_at"]),
+        (f"ix_{table_name}_expires_at", ["expires_at"]),
+    ])
 
 
 def index_columns(model: type[Any]) -> list[tuple[str | None, list[str]]]:
@@ -718,12 +747,17 @@ def test_the_mixin_index_survives_whatever_table_args_the_host_gives() -> None:
 
     for model in (Plain, AsDict, AsTuple, ViaHelper):
         name = table_of(model).name
-        assert index_columns(model) == [(f"ix_{name}_updated_at", ["updated_at"])], name
+        assert index_columns(model) == mixin_indexes(name), name
     assert table_of(AsDict).schema == table_of(AsTuple).schema == "app"
     assert table_of(AsDict).comment == "c"
     unique = [c for c in table_of(AsTuple).constraints if isinstance(c, sa.UniqueConstraint)]
     assert [[c.name for c in u.columns] for u in unique] == [["version", "workflow_id"]]
-    assert index_columns(OwnIndex) == [("by_update", ["updated_at"]), ("recent_first", [])]
+    assert index_columns(OwnIndex) == [
+        ("by_update", ["updated_at"]),
+        ("ix_own_index_expires_at", ["expires_at"]),
+        ("ix_own_index_status_updated_at", ["status", "updated_at"]),
+        ("recent_first", []),
+    ]
 
 
 def test_the_mixin_index_on_other_declarative_styles() -> None:
@@ -742,10 +776,10 @@ def test_the_mixin_index_on_other_declarative_styles() -> None:
     class Single(Legacy):
         """Single-table inheritance shares the parent's table and index."""
 
-    assert index_columns(Legacy) == [("ix_legacy_updated_at", ["updated_at"])]
-    assert index_columns(Decorated) == [("ix_decorated_updated_at", ["updated_at"])]
+    assert index_columns(Legacy) == mixin_indexes("legacy")
+    assert index_columns(Decorated) == mixin_indexes("decorated")
     assert table_of(Single) is table_of(Legacy)
-    assert index_columns(Single) == [("ix_legacy_updated_at", ["updated_at"])]
+    assert index_columns(Single) == mixin_indexes("legacy")
 
 
 # -- the column types are public ------------------------------------------------------------
@@ -765,8 +799,8 @@ def imported_modules(path: Path) -> set[str]:
 def test_the_column_types_are_public() -> None:
     from workflow_persistence import _types, types
 
-    assert set(types.__all__) == {"BinaryData", "UTCDateTime", "WorkflowIdType"}
-    for name in types.__all__:  # revisions generated before still import the old module
+    assert set(types.__all__) == {"BinaryData", "JsonData", "UTCDateTime", "WorkflowIdType"}
+    for name in set(types.__all__) - {"JsonData"}:  # older revisions import the old module
         assert getattr(_types, name) is getattr(types, name)
     assert types.WorkflowIdType.__module__ == types.UTCDateTime.__module__ == types.__name__
     columns = workflow_persistence.WorkflowInterrupt.__table__.c
@@ -774,9 +808,79 @@ def test_the_column_types_are_public() -> None:
     assert isinstance(columns.created_at.type, types.UTCDateTime)
     assert isinstance(columns.updated_at.type, types.UTCDateTime)
     assert repr(columns.data.type) == repr(types.BinaryData)
-    # The packaged revisions import the public module, never a private one.
+    assert isinstance(columns.interrupt.type, types.JsonData)
+    assert isinstance(columns.run_metadata.type, types.JsonData)
+    assert isinstance(columns.expires_at.type, types.UTCDateTime)
+    assert isinstance(columns.workflow_name.type, types.WorkflowIdType)
+    # The packaged revisions import public modules, never a private one.
     revisions = sorted(Path(migrations.versions_dir()).glob("*.py"))
-    assert revisions
+    assert [r.name for r in revisions] == OUR_REVISION_FILES
+    public = {"workflow_persistence.types", "workflow_persistence.migrations"}
     for revision in revisions:
         ours = {m for m in imported_modules(revision) if m.startswith("workflow_persistence")}
-        assert ours == {"workflow_persistence.types"}, revision.name
+        assert "workflow_persistence.types" in ours, revision.name
+        assert ours <= public, revision.name
+
+
+# -- a host whose database is at wfp_0001 upgrades the library -------------------------------
+
+
+@pytest.mark.parametrize("kind", DATABASES)
+def test_upgrade_heads_brings_a_host_database_from_wfp_0001_with_runs(
+    kind: str, new_database_url: Callable[[str], URL], tmp_path: Path
+) -> None:
+    """The host's own Alembic (no batch rendering, its own version table) takes our table
+    from wfp_0001 to the head: the columns are filled from the stored runs, the schema
+    matches the model, and the records are untouched."""
+    from workflow_persistence import JsonSerializer, PickleSerializer
+
+    url = new_database_url(kind)
+    ini = make_host_project(tmp_path)
+    cli = host_cli(url, tmp_path, ini)
+    cli("upgrade", FIRST)
+    waiting = WorkflowSnapshot(
+        "waiting", status="interrupted", current_node="approve",
+        interrupt={"question": "Approve?"}, metadata={"tenant": "acme"}, workflow_name="refunds",
+    )
+    records = {
+        "waiting": JsonSerializer().dumps(waiting),
+        "pickled": PickleSerializer(secret_key=b"k" * 32).dumps(WorkflowSnapshot("pickled")),
+    }
+    now = datetime.now(UTC)
+    model = workflow_persistence.WorkflowInterrupt.__table__.c
+    old = sa.Table(
+        TABLE, sa.MetaData(),
+        *(sa.Column(n, model[n].type) for n in ("workflow_id", "data", "version", "created_at",
+                                                 "updated_at")),
+    )
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.insert(old), [
+                {"workflow_id": k, "data": v, "version": 3, "created_at": now, "updated_at": now}
+                for k, v in records.items()
+            ])
+        cli("upgrade", "heads")
+        assert version_rows(url, HOST_VERSION_TABLE) == [REVISION]
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(model.workflow_id, model.data, model.version, model.status,
+                          model.workflow_name, model.current_node, model.interrupt,
+                          model.run_metadata)
+            ).all()
+            found = {row[0]: tuple(row[1:]) for row in rows}
+            assert found == {
+                "waiting": (records["waiting"], 3, "interrupted", "refunds", "approve",
+                            {"question": "Approve?"}, {"tenant": "acme"}),
+                "pickled": (records["pickled"], 3, "unknown", None, None, None, {}),
+            }
+            ours = schema_diff(
+                connection,
+                workflow_persistence.metadata,
+                version_table=HOST_VERSION_TABLE,
+                include_name=hook_only_for_ours,
+            )
+            assert ours == []
+    finally:
+        engine.dispose()
+    assert migrations.VERSION_TABLE not in table_names(url)

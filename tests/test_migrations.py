@@ -54,11 +54,21 @@ from .hostapp.support import (
     writes,
 )
 
-REVISION = "wfp_0001"
+FIRST = "wfp_0001"
+REVISION = "wfp_0002"  # the head
 VERSION_TABLE = migrations.VERSION_TABLE
 OUR_TABLES = {TABLE, VERSION_TABLE}
-COLUMNS = ["workflow_id", "data", "version", "created_at", "updated_at"]
-RAN_OUR_REVISION = f"Running upgrade  -> {REVISION}"
+COLUMNS = [
+    "workflow_id", "data", "version", "created_at", "updated_at",
+    "status", "workflow_name", "current_node", "interrupt", "run_metadata", "expires_at",
+]
+NULLABLE = ["workflow_name", "current_node", "interrupt", "run_metadata", "expires_at"]
+INDEXES = {
+    INDEX: ["updated_at"],
+    "ix_workflow_interrupts_status_updated_at": ["status", "updated_at"],
+    "ix_workflow_interrupts_expires_at": ["expires_at"],
+}
+RAN_OUR_REVISION = f"Running upgrade {FIRST} -> {REVISION}"
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -71,12 +81,16 @@ def assert_promised_schema(url: URL, kind: str) -> None:
         inspector = sa.inspect(connection)
         columns = {c["name"]: c for c in inspector.get_columns(TABLE)}
         assert list(columns) == COLUMNS
-        assert [name for name, c in columns.items() if c["nullable"]] == []
-        workflow_id = columns["workflow_id"]["type"]
-        assert isinstance(workflow_id, sa.String)
-        assert workflow_id.length == 255
+        assert [name for name, c in columns.items() if c["nullable"]] == NULLABLE
+        assert all(c["default"] is None for c in columns.values())
+        for name, length in (
+            ("workflow_id", 255), ("workflow_name", 255), ("current_node", 255), ("status", 16)
+        ):
+            text_type = columns[name]["type"]
+            assert isinstance(text_type, sa.String)
+            assert text_type.length == length
         assert isinstance(columns["version"]["type"], sa.Integer)
-        stamps = [columns["created_at"]["type"], columns["updated_at"]["type"]]
+        stamps = [columns[n]["type"] for n in ("created_at", "updated_at", "expires_at")]
         if kind == "postgresql":
             assert isinstance(columns["data"]["type"], postgresql.BYTEA)
             assert all(isinstance(t, postgresql.TIMESTAMP) and t.timezone for t in stamps)
@@ -94,11 +108,18 @@ def assert_promised_schema(url: URL, kind: str) -> None:
                 "version": "integer",
                 "created_at": "timestamp with time zone",
                 "updated_at": "timestamp with time zone",
+                "status": "character varying",
+                "workflow_name": "character varying",
+                "current_node": "character varying",
+                "interrupt": "jsonb",
+                "run_metadata": "jsonb",
+                "expires_at": "timestamp with time zone",
             }
         elif kind == "mariadb":
             assert isinstance(columns["data"]["type"], mysql.LONGBLOB)
             assert all(isinstance(t, mysql.DATETIME) and t.fsp == 6 for t in stamps)
-            assert getattr(workflow_id, "collation", None) == "utf8mb4_nopad_bin"
+            for name in ("workflow_id", "workflow_name", "current_node"):
+                assert getattr(columns[name]["type"], "collation", None) == "utf8mb4_nopad_bin"
             declared_rows = connection.execute(
                 sa.text(
                     "SELECT COLUMN_NAME, COLUMN_TYPE, COLLATION_NAME"
@@ -107,12 +128,21 @@ def assert_promised_schema(url: URL, kind: str) -> None:
                 ),
                 {"t": TABLE},
             )
-            assert {name: (str(ctype), coll) for name, ctype, coll in declared_rows} == {
+            found = {name: (str(ctype), coll) for name, ctype, coll in declared_rows}
+            status_collation = found["status"][1]
+            assert found == {
                 "workflow_id": ("varchar(255)", "utf8mb4_nopad_bin"),
                 "data": ("longblob", None),
                 "version": ("int(11)", None),
                 "created_at": ("datetime(6)", None),
                 "updated_at": ("datetime(6)", None),
+                "status": ("varchar(16)", status_collation),
+                "workflow_name": ("varchar(255)", "utf8mb4_nopad_bin"),
+                "current_node": ("varchar(255)", "utf8mb4_nopad_bin"),
+                # MariaDB's JSON is LONGTEXT checked by json_valid().
+                "interrupt": ("longtext", "utf8mb4_bin"),
+                "run_metadata": ("longtext", "utf8mb4_bin"),
+                "expires_at": ("datetime(6)", None),
             }
         else:
             assert isinstance(columns["data"]["type"], sa.BLOB)
@@ -125,15 +155,22 @@ def assert_promised_schema(url: URL, kind: str) -> None:
                 "version": "INTEGER",
                 "created_at": "DATETIME",
                 "updated_at": "DATETIME",
+                "status": "VARCHAR(16)",
+                "workflow_name": "VARCHAR(255)",
+                "current_node": "VARCHAR(255)",
+                "interrupt": "JSON",
+                "run_metadata": "JSON",
+                "expires_at": "DATETIME",
             }
         assert inspector.get_pk_constraint(TABLE)["constrained_columns"] == ["workflow_id"]
         indexes = inspector.get_indexes(TABLE)
-        assert [(i["name"], i["column_names"], bool(i["unique"])) for i in indexes] == [
-            (INDEX, ["updated_at"], False)
-        ]
+        assert {i["name"]: i["column_names"] for i in indexes} == INDEXES
+        assert not any(i["unique"] for i in indexes)
         # The catalogue, PK index included: one index on workflow_id (the PK's), no other.
         every = all_indexes(connection, TABLE)
-        assert sorted(every.values()) == [(["updated_at"], False), (["workflow_id"], True)]
+        assert sorted(every.values()) == sorted(
+            [*((columns, False) for columns in INDEXES.values()), (["workflow_id"], True)]
+        )
         assert every[INDEX] == (["updated_at"], False)
 
 
@@ -267,12 +304,16 @@ def test_without_url_the_local_sqlite_file_is_used(
 
 def test_the_first_revision_carries_the_branch_label(tmp_path: Path) -> None:
     script = ScriptDirectory.from_config(Config(str(ROOT_INI)))
-    assert script.get_bases() == [REVISION]
+    assert script.get_bases() == [FIRST]
     assert script.get_heads() == [REVISION]
     labelled = script.get_revision(f"{migrations.BRANCH}@head")
     assert labelled is not None
     assert labelled.revision == REVISION
-    assert migrations.BRANCH in labelled.branch_labels
+    assert labelled.down_revision == FIRST
+    assert migrations.BRANCH in labelled.branch_labels  # inherited from the first one
+    first = script.get_revision(FIRST)
+    assert first is not None
+    assert first.branch_labels == {migrations.BRANCH}
     assert alembic("heads", cwd=tmp_path).stdout.split() == [
         REVISION, f"({migrations.BRANCH})", "(head)"
     ]
@@ -420,7 +461,12 @@ def test_offline_sql_creates_the_table(
     script = done.stdout
     assert "CREATE TABLE workflow_interrupts" in script
     assert f"CREATE INDEX {INDEX} ON workflow_interrupts (updated_at)" in script
-    assert f"INSERT INTO {VERSION_TABLE} (version_num) VALUES ('{REVISION}')" in script
+    assert f"INSERT INTO {VERSION_TABLE} (version_num) VALUES ('{FIRST}')" in script
+    assert f"version_num='{REVISION}' WHERE" in script
+    assert (
+        "CREATE INDEX ix_workflow_interrupts_status_updated_at"
+        " ON workflow_interrupts (status, updated_at)"
+    ) in script
     assert "CONCURRENTLY" not in script.upper()
     if db_kind == "postgresql":
         statements = sql_statements(script)
@@ -459,7 +505,7 @@ def test_postgresql_migration_runs_in_one_transaction(
     with recorded_transactions() as seen:
         migrations.upgrade(url)
     changes = [i for i, (kind, sql) in enumerate(seen) if kind == "execute" and writes([sql])]
-    assert len(changes) >= 3  # version table, table, index, version row
+    assert len(changes) >= 6  # version table, table, index, version row, columns, indexes
     first, last = changes[0], changes[-1]
     begins = [i for i, (kind, _) in enumerate(seen[:first]) if kind == "begin"]
     assert begins, "the DDL ran outside a transaction"
@@ -500,5 +546,6 @@ def test_the_model_and_the_migration_name_the_same_things() -> None:
     assert isinstance(table, sa.Table)
     assert table.name == TABLE
     assert [c.name for c in table.columns] == COLUMNS
-    assert {i.name for i in table.indexes} == {INDEX}
+    assert {i.name: [c.name for c in i.columns] for i in table.indexes} == INDEXES
+    assert tuple(COLUMNS[5:]) == migrations.RUN_COLUMNS
     assert metadata.tables[TABLE] is table

@@ -322,3 +322,99 @@ def test_two_repositories_share_a_session_through_a_large_read(session: Session)
     assert first.get("big").data == big  # type: ignore[union-attr]
     assert second.upsert("other", b"y") == 1  # the other repository's cursor still works
     assert second.get("big").data == big  # type: ignore[union-attr]
+
+
+# -- the queryable columns (revision 2) --------------------------------------------------
+
+
+def test_upsert_derives_the_columns_from_data(engine: Engine, session: Session) -> None:
+    from workflow_persistence import JsonSerializer, PickleSerializer, WorkflowSnapshot
+
+    snapshot = WorkflowSnapshot(
+        "w",
+        current_node="approve",
+        interrupt={"question": "Approve?"},
+        metadata={"tenant": "acme"},
+        workflow_name="refund",
+    )
+    repo = _repo(session)
+    repo.upsert("w", JsonSerializer().dumps(snapshot))
+    signed = PickleSerializer(secret_key=b"k" * 32).dumps(WorkflowSnapshot("p"))
+    repo.upsert("p", signed)  # not readable without the key: status unknown
+    repo.upsert("junk", b"\x00 not a snapshot")
+    session.commit()
+    row = repo.get("w")
+    assert row is not None
+    assert (row.status, row.workflow_name, row.current_node) == ("interrupted", "refund", "approve")
+    assert (row.interrupt, row.run_metadata, row.expires_at) == (
+        {"question": "Approve?"},
+        {"tenant": "acme"},
+        None,
+    )
+    for workflow_id in ("p", "junk"):
+        row = repo.get(workflow_id)
+        assert row is not None
+        assert (row.status, row.interrupt, row.run_metadata) == ("unknown", None, {})
+    assert sorted(i.workflow_id for i in repo.list(status="unknown")) == ["junk", "p"]
+    assert [i.workflow_id for i in repo.list(metadata={"tenant": "acme"})] == ["w"]
+
+
+def test_upsert_with_given_columns_and_list_filters(session: Session) -> None:
+    from workflow_persistence._columns import SnapshotColumns
+
+    repo = _repo(session)
+    failed = SnapshotColumns("failed", "billing", "charge", None, '{"tenant":"acme"}', None)
+    waiting = SnapshotColumns(
+        "interrupted", "refund", "approve", '"ok?"', '{"tenant":"acme"}', None
+    )
+    repo.upsert("f", b"x", columns=failed)
+    repo.upsert("i", b"x", columns=waiting)
+    with pytest.raises(InvalidArgumentError):
+        repo.upsert("bad", b"x", columns={"status": "failed"})  # type: ignore[arg-type]
+    assert [i.workflow_id for i in repo.list(status="failed")] == ["f"]
+    assert [i.workflow_id for i in repo.list(workflow_name=["refund", "x"])] == ["i"]
+    (info,) = repo.list(status="interrupted", metadata={"tenant": "acme"})
+    assert (info.interrupt, info.current_node, info.metadata) == (
+        "ok?",
+        "approve",
+        {"tenant": "acme"},
+    )
+    assert repo.list(metadata={"tenant": "Acme"}) == []
+    with pytest.raises(InvalidArgumentError):
+        repo.list(metadata={"tenant')--": "acme"})
+
+
+def test_an_expired_row_counts_as_absent(session: Session) -> None:
+    from workflow_persistence._columns import SnapshotColumns
+
+    repo = _repo(session)
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    expired = SnapshotColumns("completed", None, None, None, "{}", past)
+    repo.upsert("w", b"one", columns=expired)
+    assert repo.upsert("w", b"two", columns=expired) == 1  # written over as new
+    assert not repo.exists("w")
+    assert repo.list() == []
+    assert repo.delete("w") is False
+    assert repo.get("w") is not None  # get reads the row as it is, expiry and all
+    live = SnapshotColumns("interrupted", None, None, None, "{}", None)
+    assert repo.upsert("w", b"three", expected_version=0, columns=live) == 1
+    assert repo.exists("w")
+
+
+def test_filtered_lists_run_under_listeners_too(engine: Engine, session: Session) -> None:
+    """The observed path (exec_driver_sql) binds the same parameters: JSON casts included."""
+    from workflow_persistence._columns import SnapshotColumns
+
+    repo = _repo(session)
+    columns = SnapshotColumns(
+        "interrupted", "refund", "approve", '{"q":1}', '{"t":"a","n":1}', None
+    )
+    with StatementCounter(engine) as counter:
+        repo.upsert("w", b"x", columns=columns)
+        listed = repo.list(
+            status="interrupted", workflow_name="refund", metadata={"t": "a", "n": 1}
+        )
+        assert [i.workflow_id for i in listed] == ["w"]
+        assert listed[0].interrupt == {"q": 1}
+        assert repo.list(metadata={"n": True}) == []
+    assert len(counter.statements) == 3

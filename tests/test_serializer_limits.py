@@ -17,6 +17,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import msgpack
@@ -223,6 +224,16 @@ def test_max_depth_is_an_option_of_the_serializer() -> None:
             JsonSerializer(max_depth=bad)  # type: ignore[arg-type]
 
 
+def test_large_records_save_and_load_with_a_max_depth_not_used_before() -> None:
+    # Depth checkers for large bodies are not pooled; their levels may have no pool yet.
+    for max_depth in (77, 78):
+        ser = JsonSerializer(max_depth=max_depth)
+        blob = os.urandom(300_000)
+        record = ser.dumps(WorkflowSnapshot("w", state={"blob": blob}))
+        assert JsonSerializer(max_depth=max_depth + 2).loads(record).state["blob"] == blob
+        assert ser.loads(record).state["blob"] == blob
+
+
 def test_a_record_nested_deeper_than_the_readers_max_depth_is_corrupt() -> None:
     record = JsonSerializer(max_depth=300).dumps(
         WorkflowSnapshot("w", state={"v": nest("tuple", 200)})
@@ -299,7 +310,7 @@ def test_deep_values_and_records_never_crash_the_process() -> None:
                 body = msgpack.packb({"v": "__deep__"}).replace(
                     msgpack.packb("__deep__"), b"\\x91" * levels + b"\\x00")
                 seen[f"arrays {levels}"] = outcome(lambda: ser.loads(reframe(
-                    b"\\x9f\\x02\\xa1w\\xabinterrupted" + body + b"\\xc0" * 11)))
+                    b"\\xdc\\x00\\x12\\x03\\xa1w\\xabinterrupted" + body + b"\\xc0" * 14)))
             for code in (1, 12):
                 for n in (50, 200, 2000):
                     record = format_1({"v": format_1_nested(code, n)})
@@ -361,10 +372,27 @@ FORMAT_1_RECORD = base64.b64decode(
 )
 
 
+# Written before values were flat, with envelope version 2 (named runs, kept results).
+ENVELOPE_2_RECORD = base64.b64decode(
+    "d2ZwOm1zZ3BhY2s6Mzg4M2NhOTMK3AASAqlyZWZ1bmQtNDOpY29tcGxldGVkhKpkZWVwX3R1cGxlx3UBkcdx"
+    "AZHHbQGRx2kBkcdlAZHHYQGRx10BkcdZAZHHVQGRx1EBkcdNAZHHSQGRx0UBkcdBAZHHPQGRxzkBkcc1AZHH"
+    "MQGRxy0BkccpAZHHJQGRxyEBkccdAZHHGQGRxxUBkccRAZHHDQGRxwkBkccFAZHVAZEApWRlcXVlxwoQkgWS"
+    "AccDAZICA6Vtb25lecc8DJOzdGVzdHMuc2FtcGxlczpNb25lealkYXRhY2xhc3OCpmFtb3VudMcFCjMwLjAw"
+    "qGN1cnJlbmN5o0VVUq1zZXRfb2ZfdHVwbGVzxxECkscDAZIBAtcBkgPHAwGSBAXAwJDAkIDAgMcKBQfqCxgJ"
+    "AAAAAADHCgUH6gsYCQUAAAAAAKdyZWZ1bmRzgahhcHByb3ZlZMdBAZLDxzwMk7N0ZXN0cy5zYW1wbGVzOk1v"
+    "bmV5qWRhdGFjbGFzc4KmYW1vdW50xwUKMzAuMDCoY3VycmVuY3mjRVVSxwoFB+oMGAkeAAAAAA=="
+)
+
+
 @pytest.mark.timeout(300)
-def test_records_of_the_previous_format_load_in_any_thread() -> None:
-    """Written by version 0.1 (a 30-deep tuple in it: 30 nested payloads)."""
-    loaded = serializer().loads(FORMAT_1_RECORD)
+@pytest.mark.parametrize("record", [FORMAT_1_RECORD, ENVELOPE_2_RECORD], ids=["v1", "v2"])
+def test_records_of_the_previous_format_load_in_any_thread(record: bytes) -> None:
+    """Written by version 0.1 and by the next (a 30-deep tuple in it: 30 nested payloads)."""
+    loaded = serializer().loads(record)
+    if record is ENVELOPE_2_RECORD:
+        assert loaded.workflow_name == "refunds"
+        assert loaded.result == {"approved": (True, Money(Decimal("30.00")))}
+        assert loaded.expires_at == datetime(2026, 12, 24, 9, 30, tzinfo=UTC)
     assert loaded.state["deep_tuple"] == nest("tuple", 30)
     assert loaded.state["deque"] == collections.deque([1, (2, 3)], maxlen=5)
     assert loaded.state["money"] == Money(loaded.state["money"].amount)
@@ -374,7 +402,7 @@ def test_records_of_the_previous_format_load_in_any_thread() -> None:
     out = run_child(
         f"""
         from tests.samples import serializer
-        record = {FORMAT_1_RECORD!r}
+        record = {record!r}
         found = []
         in_thread(lambda: found.append(serializer().loads(record).state["deep_tuple"]),
                   256 * 1024)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,11 @@ def store(persistence_factory: Callable[..., Persistence]) -> Persistence:
     return persistence_factory(JsonSerializer())
 
 
+def _pythonpath() -> str:
+    """The repository (for ``tests.flows``), then the caller's path: the code under test."""
+    return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code],
@@ -54,7 +60,7 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        env={**os.environ, "PYTHONPATH": _pythonpath(), **env},
         check=False,
     )
 
@@ -327,8 +333,8 @@ class LoadBarrier(Persistence):
     def list(self, **kwargs: Any) -> Any:
         return self.inner.list(**kwargs)
 
-    def prune(self, older_than: Any) -> int:
-        return self.inner.prune(older_than)
+    def prune(self, older_than: Any = None, *, status: Any = None) -> int:
+        return self.inner.prune(older_than, status=status)
 
 
 def race_two_resumes(store: Persistence, workflow_id: str) -> tuple[list[Any], int]:
@@ -428,7 +434,7 @@ def test_a_dead_claimant_can_be_taken_over(backend: str, shared_store: Persisten
          "from tests import flows\n"
          f"flows.hanging_workflow({make}).resume('w', 'from-the-dead')\n"],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "WFP_TEST_HANG": "1"},
+        env={**os.environ, "PYTHONPATH": _pythonpath(), "WFP_TEST_HANG": "1"},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -710,3 +716,181 @@ def test_a_node_without_named_parameters_is_refused() -> None:
 
     with pytest.raises(WorkflowDefinitionError, match="anything"):
         Workflow([anything])
+
+
+# -- named workflows and kept completed runs --------------------------------------------------
+
+
+def test_a_named_workflow_stores_its_name_on_every_snapshot(store: Persistence) -> None:
+    fail = [True]
+    running: list[tuple[str, str | None]] = []
+
+    def check(event: StartEvent, state: WorkflowState) -> Handed:
+        if fail[0]:
+            raise ValueError("ledger offline")
+        return Handed()
+
+    def ask(event: Handed, state: WorkflowState) -> StopEvent:
+        stored = store.load(state.workflow_id)
+        running.append((stored.status, stored.workflow_name))
+        return StopEvent(result=interrupt("Approve?"))
+
+    workflow = Workflow([check, ask], name="refunds", persistence=store, types=[Handed])
+    with pytest.raises(WorkflowFailedError):
+        workflow.start(workflow_id="w")
+    failed = store.load("w")
+    assert (failed.status, failed.workflow_name) == ("failed", "refunds")
+    fail[0] = False
+    assert workflow.resume("w").status == "interrupted"
+    assert running == [("running", "refunds")]
+    assert store.load("w").workflow_name == "refunds"
+    [info] = store.list(workflow_name="refunds")
+    assert (info.workflow_id, info.status, info.workflow_name) == ("w", "interrupted", "refunds")
+    assert store.list(workflow_name="other") == []
+    # A workflow stamps its own name on what it saves: one renamed in a deploy takes over.
+    renamed = Workflow([check, ask], name="refunds-v2", persistence=store, types=[Handed])
+    assert renamed.resume("w", "yes").result == "yes"
+    assert running[-1] == ("running", "refunds-v2")
+    assert Workflow([check, ask], persistence=store, types=[Handed]).name is None
+
+
+@pytest.mark.parametrize("name", ["", "x" * 256, 5, b"refunds", ["refunds"]])
+def test_a_bad_workflow_name_is_refused_at_construction(name: Any) -> None:
+    with pytest.raises(WorkflowDefinitionError, match="name"):
+        Workflow([flows.draft, flows.approve], name=name)
+
+
+def test_a_workflow_name_of_255_characters_is_stored(store: Persistence) -> None:
+    name = "n" * 254 + "🚀"
+    Workflow([flows.draft, flows.approve], name=name, persistence=store).start(
+        {"amount": 1}, workflow_id="w"
+    )
+    assert store.load("w").workflow_name == name
+    assert [i.workflow_name for i in store.list()] == [name]
+
+
+@pytest.mark.parametrize(
+    "keep", [timedelta(0), timedelta(seconds=-1), 7, "7d", True, datetime.now(UTC)]
+)
+def test_a_bad_keep_completed_is_refused_at_construction(keep: Any) -> None:
+    with pytest.raises(WorkflowDefinitionError, match="keep_completed"):
+        Workflow([flows.draft, flows.approve], keep_completed=keep)
+
+
+def kept_approval(store: Persistence, keep: timedelta = timedelta(days=7)) -> Workflow:
+    return Workflow(
+        [flows.draft, flows.approve], name="refunds", keep_completed=keep, persistence=store
+    )
+
+
+def test_a_kept_completed_run_holds_its_result_and_history(store: Persistence) -> None:
+    workflow = kept_approval(store)
+    workflow.start({"amount": 30}, workflow_id="refund-42", metadata={"assignee": "maria"})
+    before = datetime.now(UTC)
+    run = workflow.resume("refund-42", "yes")
+    after = datetime.now(UTC)
+    assert run == RunResult(
+        "refund-42",
+        "completed",
+        {"amount": 30, "draft": "Refund 30 EUR", "approved": True},
+        True,
+    )
+    kept = store.load("refund-42")
+    assert kept.status == "completed" and kept.result is True
+    assert (kept.current_node, kept.interrupt, kept.event, kept.error) == (None, None, None, None)
+    assert kept.state == run.state and kept.metadata == {"assignee": "maria"}
+    assert kept.completed_nodes == ["draft", "approve"]
+    assert [(d.node, d.answer) for d in kept.history] == [("approve", "yes")]
+    assert kept.history[0].answered_at is not None
+    assert kept.workflow_name == "refunds"
+    assert kept.expires_at is not None
+    assert before + timedelta(days=7) - timedelta(seconds=1) <= kept.expires_at
+    assert kept.expires_at <= after + timedelta(days=7) + timedelta(seconds=1)
+    assert store.exists("refund-42")
+    [info] = store.list(status="completed")
+    assert (info.workflow_id, info.workflow_name, info.current_node) == (
+        "refund-42", "refunds", None,
+    )
+    assert info.expires_at == kept.expires_at
+    assert store.list(status="interrupted") == []
+
+
+def test_a_run_completed_without_an_interrupt_is_kept_too(store: Persistence) -> None:
+    def total(event: StartEvent, state: WorkflowState) -> StopEvent:
+        return StopEvent(result=sum(state["items"]))
+
+    run = Workflow([total], keep_completed=timedelta(hours=1), persistence=store).start(
+        {"items": [1, 2]}, workflow_id="w"
+    )
+    assert (run.status, run.result) == ("completed", 3)
+    kept = store.load("w")
+    assert (kept.status, kept.result, kept.history, kept.workflow_name) == (
+        "completed", 3, [], None,
+    )
+
+
+def test_resuming_a_kept_run_says_it_completed_and_when(store: Persistence) -> None:
+    workflow = kept_approval(store)
+    workflow.start({"amount": 30}, workflow_id="w")
+    workflow.resume("w", "yes")
+    kept = store.load("w")
+    with pytest.raises(ConflictError, match="completed") as caught:
+        workflow.resume("w", "no")
+    assert kept.updated_at.isoformat() in str(caught.value)
+    assert caught.value.workflow_id == "w"
+    with pytest.raises(ConflictError, match="completed"):
+        workflow.resume("w")  # without an answer either
+    with pytest.raises(ConflictError, match="already stored"):
+        workflow.start({"amount": 1}, workflow_id="w")
+    again = store.load("w")
+    assert (again.status, again.version, again.result) == ("completed", kept.version, True)
+
+
+def test_a_kept_run_that_expired_is_gone(store: Persistence) -> None:
+    workflow = kept_approval(store)
+    workflow.start({"amount": 30}, workflow_id="w")
+    workflow.resume("w", "yes")
+    kept = store.load("w")
+    kept.expires_at = datetime.now(UTC) - timedelta(seconds=1)  # as if 7 days went by
+    store.save(kept)
+    assert not store.exists("w")
+    with pytest.raises(WorkflowNotFoundError):
+        store.load("w")
+    with pytest.raises(WorkflowNotFoundError):
+        workflow.resume("w", "yes")
+    assert store.list() == []
+    run = workflow.start({"amount": 5}, workflow_id="w")  # the id is free again
+    fresh = workflow.start({"amount": 5}, workflow_id="fresh")
+    assert run.status == "interrupted" and run.version == fresh.version  # counted anew
+
+
+def test_a_very_long_keep_ends_in_the_year_9999(store: Persistence) -> None:
+    def done(event: StartEvent, state: WorkflowState) -> StopEvent:
+        return StopEvent(result="ok")
+
+    Workflow([done], keep_completed=timedelta.max, persistence=store).start(workflow_id="w")
+    assert store.load("w").expires_at == datetime(9999, 12, 31, tzinfo=UTC)
+
+
+def test_the_readme_examples_run_as_written(tmp_path: Path) -> None:
+    """The first two Python blocks of the README, in one fresh process."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)[:2]
+    done = subprocess.run(
+        [sys.executable, "-c", "\n".join(blocks)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["refund-43 refunds approve Approve?"]
+
+
+def test_list_what_waits_for_a_user(store: Persistence) -> None:
+    """The README's second example."""
+    workflow = Workflow([flows.draft, flows.approve], name="refunds", persistence=store)
+    workflow.start({"amount": 30}, workflow_id="refund-42", metadata={"assignee": "maria"})
+    workflow.start({"amount": 70}, workflow_id="refund-43", metadata={"assignee": "ben"})
+    workflow.start({"amount": 90}, workflow_id="refund-44", metadata={"assignee": "maria"})
+    workflow.resume("refund-44", "no")
+    waiting = store.list(status="interrupted", metadata={"assignee": "maria"})
+    assert [(i.workflow_id, i.current_node) for i in waiting] == [("refund-42", "approve")]
+    assert waiting[0].interrupt == {"question": "Approve?", "draft": "Refund 30 EUR"}

@@ -418,6 +418,60 @@ def test_a_result_that_cannot_be_stored_still_completes(store: Persistence) -> N
     assert stored_status(store) is None
 
 
+def test_a_result_that_cannot_be_kept_fails_the_final_node(store: Persistence) -> None:
+    fixed = [False]
+
+    def finish(event: StartEvent, state: WorkflowState) -> StopEvent:
+        state["finished"] = True
+        return StopEvent(result="receipt" if fixed[0] else print)
+
+    workflow = Workflow([finish], keep_completed=timedelta(days=1), persistence=store)
+    with pytest.raises(SerializationError) as caught:
+        workflow.start({"n": 1}, workflow_id="w")
+    assert caught.value.path is not None and "result" in caught.value.path
+    snapshot = store.load("w")  # never dropped in silence: the final node failed
+    assert (snapshot.status, snapshot.current_node) == ("failed", "finish")
+    assert (snapshot.result, snapshot.expires_at, snapshot.state) == (None, None, {"n": 1})
+    assert snapshot.completed_nodes == []
+    fixed[0] = True
+    assert workflow.resume("w").result == "receipt"
+    kept = store.load("w")
+    assert (kept.status, kept.result, kept.error) == ("completed", "receipt", None)
+
+
+def test_a_kept_run_taken_over_is_left_to_its_new_claimant(store: Persistence) -> None:
+    entered, release = threading.Event(), threading.Event()
+    blocking = [True]
+
+    def act(event: StartEvent, state: WorkflowState) -> StopEvent:
+        answer = interrupt("go?")
+        if blocking[0]:  # the first claimant is held here until the take-over is done
+            entered.set()
+            release.wait(timeout=30)
+        return StopEvent(result=f"{answer} by {'first' if blocking[0] else 'second'}")
+
+    workflow = Workflow([act], keep_completed=timedelta(days=1), persistence=store)
+    workflow.start(workflow_id="w")
+    outcome: list[BaseException | object] = []
+
+    def claimant() -> None:
+        try:
+            outcome.append(workflow.resume("w", "yes"))
+        except ConflictError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=claimant)
+    worker.start()
+    assert entered.wait(timeout=30)
+    blocking[0] = False
+    assert workflow.resume("w", take_over=True).result == "yes by second"
+    release.set()
+    worker.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], ConflictError)
+    kept = store.load("w")  # the first claimant neither kept its result nor failed the run
+    assert (kept.status, kept.result) == ("completed", "yes by second")
+
+
 # -- what is checked before the claim: the stored run stays as it was -----------------------
 
 
@@ -485,6 +539,7 @@ class Tampering:
         ({"event": {"text": "hi"}}, "event is of type dict"),
         ({"error": "boom"}, "error is 'boom'"),
         ({"status": ["failed"]}, "status is of type list"),
+        ({"expires_at": "tomorrow"}, "expires_at is 'tomorrow'"),
     ],
 )
 def test_a_snapshot_with_fields_of_the_wrong_type_is_refused_before_the_claim(

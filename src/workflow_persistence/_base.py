@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import builtins
 import os
+import re
 import weakref
 from abc import abstractmethod
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from ._columns import SnapshotColumns, columns_of
 from ._ids import check_workflow_id
 from ._serializers import JsonSerializer, Serializer
-from ._snapshot import StoredSnapshotInfo, WorkflowSnapshot, utc_now
+from ._snapshot import (
+    SNAPSHOT_STATUSES,
+    UNKNOWN_STATUS,
+    StoredSnapshotInfo,
+    WorkflowSnapshot,
+    utc_now,
+)
 from .abc import Persistence
 from .errors import (
     ConflictError,
@@ -23,8 +33,83 @@ from .errors import (
     WorkflowNotFoundError,
 )
 
-#: ``(data, version, created_at, updated_at)`` of one stored record.
-Record = tuple[bytes, int, datetime, datetime]
+#: ``(data, version, created_at, updated_at, expires_at)`` of one stored record.
+Record = tuple[bytes, int, datetime, datetime, datetime | None]
+#: Metadata keys a list may filter on: never spliced into SQL, and checked all the same.
+METADATA_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: Statuses a list or prune may ask for.
+LISTED_STATUSES = SNAPSHOT_STATUSES | {UNKNOWN_STATUS}
+MetadataValue = str | int | bool
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """What ``list`` asked for, checked; every backend filters by exactly this.
+
+    Records are listed newest first, ties by ``workflow_id`` descending; ``cursor`` is
+    the ``(updated_at, workflow_id)`` of the last record of the previous page. Records
+    whose ``expires_at`` is at or before ``now`` are never listed.
+    """
+
+    statuses: tuple[str, ...] | None
+    workflow_names: tuple[str, ...] | None
+    metadata: tuple[tuple[str, MetadataValue], ...]
+    updated_before: datetime | None
+    updated_after: datetime | None
+    cursor: tuple[datetime, str] | None
+    limit: int | None
+    now: datetime
+
+    def matches(self, info: StoredSnapshotInfo) -> bool:
+        """Whether ``info`` is listed (for backends that filter in Python)."""
+        if info.expires_at is not None and info.expires_at <= self.now:
+            return False
+        if self.statuses is not None and info.status not in self.statuses:
+            return False
+        if self.workflow_names is not None and info.workflow_name not in self.workflow_names:
+            return False
+        if self.updated_before is not None and not info.updated_at < self.updated_before:
+            return False
+        if self.updated_after is not None and not info.updated_at > self.updated_after:
+            return False
+        if self.cursor is not None and not (info.updated_at, info.workflow_id) < self.cursor:
+            return False
+        metadata = info.metadata
+        for key, wanted in self.metadata:
+            if key not in metadata:
+                return False
+            found = metadata[key]
+            # Exactly: True is not 1, and text compares by code points.
+            if type(found) is not type(wanted) or found != wanted:
+                return False
+        return True
+
+    def select(self, infos: builtins.list[StoredSnapshotInfo]) -> builtins.list[StoredSnapshotInfo]:
+        """The matching ``infos``, newest first, cut to ``limit``."""
+        kept = [info for info in infos if self.matches(info)]
+        kept.sort(key=lambda i: (i.updated_at, i.workflow_id), reverse=True)
+        return kept if self.limit is None else kept[: self.limit]
+
+
+@dataclass(frozen=True, slots=True)
+class PruneQuery:
+    """What ``prune`` deletes: every expired record, and those not updated since
+    ``cutoff`` (when given) whose status is in ``statuses`` (when given)."""
+
+    cutoff: datetime | None
+    statuses: tuple[str, ...] | None
+    now: datetime
+
+    def matches(self, updated_at: datetime, status: str, expires_at: datetime | None) -> bool:
+        if expires_at is not None and expires_at <= self.now:
+            return True
+        if self.cutoff is None or not updated_at < self.cutoff:
+            return False
+        return self.statuses is None or status in self.statuses
+
+
+def is_expired(expires_at: datetime | None, now: datetime) -> bool:
+    return expires_at is not None and expires_at <= now
 
 
 def check_expected_version(expected_version: object) -> int | None:
@@ -74,6 +159,58 @@ def check_limit(limit: object) -> int | None:
     return limit
 
 
+def check_names(
+    value: object, name: str, allowed: Collection[str] | None = None
+) -> tuple[str, ...] | None:
+    """A str or a collection of str, as a tuple; None stays None (no filter)."""
+    if value is None:
+        return None
+    items = (value,) if isinstance(value, str) else value
+    if not isinstance(items, Collection) or isinstance(items, Mapping | bytes):
+        raise InvalidArgumentError(f"{name} must be a str or a collection of str, not {value!r}")
+    names = tuple(items)
+    for item in names:
+        if type(item) is not str:
+            raise InvalidArgumentError(f"{name} must hold str values, not {item!r}")
+        if allowed is not None and item not in allowed:
+            raise InvalidArgumentError(
+                f"{name} {item!r} is not one of {', '.join(sorted(allowed))}"
+            )
+    return names
+
+
+def check_metadata_filter(metadata: object) -> tuple[tuple[str, MetadataValue], ...]:
+    if metadata is None:
+        return ()
+    if not isinstance(metadata, Mapping):
+        raise InvalidArgumentError(f"metadata must be a dict, not {type(metadata).__name__}")
+    pairs: builtins.list[tuple[str, MetadataValue]] = []
+    for key, value in metadata.items():
+        if type(key) is not str or not METADATA_KEY.fullmatch(key):
+            raise InvalidArgumentError(
+                f"metadata key {key!r} is not allowed: keys are 1 to 64 letters, digits,"
+                " '_', '.' or '-'"
+            )
+        if type(value) not in (str, int, bool):
+            raise InvalidArgumentError(
+                f"metadata[{key!r}] must be a str, int or bool to filter on, not"
+                f" {type(value).__name__}"
+            )
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
+def check_cursor(cursor: object) -> tuple[datetime, str] | None:
+    if cursor is None:
+        return None
+    if not isinstance(cursor, StoredSnapshotInfo):
+        raise InvalidArgumentError(
+            "cursor must be the last StoredSnapshotInfo of the previous page, not"
+            f" {type(cursor).__name__}"
+        )
+    return cursor.updated_at, cursor.workflow_id
+
+
 def prune_cutoff(older_than: object) -> datetime:
     """The instant before which records are pruned."""
     if isinstance(older_than, timedelta):
@@ -117,35 +254,43 @@ class RecordPersistence(Persistence):
 
     @abstractmethod
     def _write(
-        self, workflow_id: str, data: bytes, expected_version: int | None
+        self,
+        workflow_id: str,
+        data: bytes,
+        expected_version: int | None,
+        columns: SnapshotColumns,
     ) -> tuple[int, datetime]:
-        """Store ``data`` atomically; return ``(new version, updated_at)``.
+        """Store ``data`` and ``columns`` atomically; return ``(new version, updated_at)``.
 
-        Raise ConflictError on a failed compare-and-set. ``updated_at`` is taken when the
-        write happens: under the lock for the file and memory backends, so a later version
-        never carries an earlier time there; from the caller's clock just before the
-        statement for the database (concurrent writers on several machines may disagree by
-        their clocks' skew).
+        Raise ConflictError on a failed compare-and-set. An expired record counts as
+        absent: writing over it starts again at version 1 with a new ``created_at``.
+        ``updated_at`` is taken when the write happens: under the lock for the file and
+        memory backends, so a later version never carries an earlier time there; from the
+        caller's clock just before the statement for the database (concurrent writers on
+        several machines may disagree by their clocks' skew).
         """
 
     @abstractmethod
     def _read(self, workflow_id: str) -> Record | None: ...
 
     @abstractmethod
-    def _remove(self, workflow_id: str, expected_version: int | None) -> bool:
-        """Delete the record (only at ``expected_version``, if given; else ConflictError)."""
+    def _remove(self, workflow_id: str, expected_version: int | None, now: datetime) -> bool:
+        """Delete the record (only at ``expected_version``, if given; else ConflictError).
+
+        An expired record counts as absent: it is left for ``prune`` and False returned.
+        """
 
     @abstractmethod
-    def _contains(self, workflow_id: str) -> bool: ...
+    def _contains(self, workflow_id: str, now: datetime) -> bool:
+        """Whether a record that has not expired by ``now`` is stored."""
 
     @abstractmethod
-    def _infos(
-        self, updated_before: datetime | None, limit: int | None
-    ) -> builtins.list[StoredSnapshotInfo]:
-        """Records, most recently updated first."""
+    def _infos(self, query: ListQuery) -> builtins.list[StoredSnapshotInfo]:
+        """The records ``query`` selects, most recently updated first."""
 
     @abstractmethod
-    def _remove_older_than(self, cutoff: datetime) -> int: ...
+    def _prune(self, query: PruneQuery) -> int:
+        """Delete what ``query`` matches; return how many records were removed."""
 
     # -- the interface ------------------------------------------------------------------
 
@@ -153,7 +298,7 @@ class RecordPersistence(Persistence):
         workflow_id = check_workflow_id(snapshot.workflow_id)
         expected = check_expected_version(expected_version)
         data = self.serializer.dumps(snapshot)
-        version, updated_at = self._write(workflow_id, data, expected)
+        version, updated_at = self._write(workflow_id, data, expected, columns_of(snapshot))
         snapshot.version = version
         snapshot.updated_at = updated_at
         if version == 1:
@@ -165,7 +310,9 @@ class RecordPersistence(Persistence):
         record = self._read(workflow_id)
         if record is None:
             raise WorkflowNotFoundError(workflow_id)
-        data, version, created_at, updated_at = record
+        data, version, created_at, updated_at, expires_at = record
+        if expires_at is not None and expires_at <= utc_now():
+            raise WorkflowNotFoundError(workflow_id)
         snapshot = self.serializer.loads(data)
         if snapshot.workflow_id != workflow_id:
             raise CorruptSnapshotError(
@@ -179,16 +326,47 @@ class RecordPersistence(Persistence):
 
     def delete(self, workflow_id: str, *, expected_version: int | None = None) -> bool:
         workflow_id = check_workflow_id(workflow_id)
-        return self._remove(workflow_id, check_expected_version(expected_version))
+        return self._remove(workflow_id, check_expected_version(expected_version), utc_now())
 
     def exists(self, workflow_id: str) -> bool:
-        return self._contains(check_workflow_id(workflow_id))
+        return self._contains(check_workflow_id(workflow_id), utc_now())
 
     def list(
-        self, *, updated_before: datetime | None = None, limit: int | None = None
+        self,
+        *,
+        status: str | Collection[str] | None = None,
+        workflow_name: str | Collection[str] | None = None,
+        metadata: Mapping[str, MetadataValue] | None = None,
+        updated_before: datetime | None = None,
+        updated_after: datetime | None = None,
+        limit: int | None = None,
+        cursor: StoredSnapshotInfo | None = None,
     ) -> builtins.list[StoredSnapshotInfo]:
-        before = None if updated_before is None else check_aware(updated_before, "updated_before")
-        return self._infos(before, check_limit(limit))
+        query = ListQuery(
+            statuses=check_names(status, "status", LISTED_STATUSES),
+            workflow_names=check_names(workflow_name, "workflow_name"),
+            metadata=check_metadata_filter(metadata),
+            updated_before=None
+            if updated_before is None
+            else check_aware(updated_before, "updated_before"),
+            updated_after=None
+            if updated_after is None
+            else check_aware(updated_after, "updated_after"),
+            cursor=check_cursor(cursor),
+            limit=check_limit(limit),
+            now=utc_now(),
+        )
+        return self._infos(query)
 
-    def prune(self, older_than: timedelta | datetime) -> int:
-        return self._remove_older_than(prune_cutoff(older_than))
+    def prune(
+        self,
+        older_than: timedelta | datetime | None = None,
+        *,
+        status: str | Collection[str] | None = None,
+    ) -> int:
+        query = PruneQuery(
+            cutoff=None if older_than is None else prune_cutoff(older_than),
+            statuses=check_names(status, "status", LISTED_STATUSES),
+            now=utc_now(),
+        )
+        return self._prune(query)

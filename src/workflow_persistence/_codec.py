@@ -1024,9 +1024,10 @@ class _DepthChecker:
         """Pool the checker: the body it checked decoded whole, so it was parsed to its
         end and the checker waits for the next one."""
         self.uses += 1
-        idle = _IDLE_CHECKERS[self.levels]
-        if self.pooled and self.uses < 1 << 20 and len(idle) < _POOLED_PACKERS:
-            idle.append(self)
+        if self.pooled and self.uses < 1 << 20:
+            idle = _IDLE_CHECKERS.setdefault(self.levels, [])
+            if len(idle) < _POOLED_PACKERS:
+                idle.append(self)
 
 
 _IDLE_CHECKERS: dict[int, list[_DepthChecker]] = {}

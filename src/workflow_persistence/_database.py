@@ -28,7 +28,8 @@ from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection, SingletonThreadPool, StaticPool
 
 from . import _operations as operations
-from ._base import Record, RecordPersistence
+from ._base import ListQuery, PruneQuery, Record, RecordPersistence
+from ._columns import SnapshotColumns
 from ._operations import PRUNE_BATCH, DialectPlan, plan_for
 from ._serializers import Serializer
 from ._snapshot import StoredSnapshotInfo
@@ -351,6 +352,9 @@ class DatabasePersistence(RecordPersistence):
     def _ensure_table(self) -> None:
         try:
             if inspect(self.engine).has_table(self.table.name, schema=self.table.schema):
+                from .migrations import require_run_columns
+
+                require_run_columns(self.engine, self.table)  # never upgraded behind the app
                 return
             if self.model is WorkflowInterrupt:
                 from .migrations import upgrade
@@ -439,11 +443,15 @@ class DatabasePersistence(RecordPersistence):
     # -- RecordPersistence --------------------------------------------------------------
 
     def _write(
-        self, workflow_id: str, data: bytes, expected_version: int | None
+        self,
+        workflow_id: str,
+        data: bytes,
+        expected_version: int | None,
+        columns: SnapshotColumns,
     ) -> tuple[int, datetime]:
         return self._run(  # type: ignore[no-any-return]
             lambda lease, plan: operations.save(
-                lease.cursor, lease.conn, plan, workflow_id, data, expected_version
+                lease.cursor, lease.conn, plan, workflow_id, data, expected_version, columns
             )
         )
 
@@ -456,33 +464,39 @@ class DatabasePersistence(RecordPersistence):
 
         return self._run(read, read_only=True)  # type: ignore[no-any-return]
 
-    def _remove(self, workflow_id: str, expected_version: int | None) -> bool:
+    def _remove(self, workflow_id: str, expected_version: int | None, now: datetime) -> bool:
         return self._run(  # type: ignore[no-any-return]
             lambda lease, plan: operations.remove(
-                lease.cursor, plan, workflow_id, expected_version
+                lease.cursor, plan, workflow_id, expected_version, now
             )
         )
 
-    def _contains(self, workflow_id: str) -> bool:
+    def _contains(self, workflow_id: str, now: datetime) -> bool:
         return self._run(  # type: ignore[no-any-return]
-            lambda lease, plan: operations.contains(lease.cursor, plan, workflow_id),
+            lambda lease, plan: operations.contains(lease.cursor, plan, workflow_id, now),
             read_only=True,
         )
 
-    def _infos(
-        self, updated_before: datetime | None, limit: int | None
-    ) -> builtins.list[StoredSnapshotInfo]:
-        if limit == 0:
+    def _infos(self, query: ListQuery) -> builtins.list[StoredSnapshotInfo]:
+        if query.limit == 0:
             return []
         return self._run(  # type: ignore[no-any-return]
-            lambda lease, plan: operations.infos(lease.cursor, plan, updated_before, limit),
+            lambda lease, plan: operations.infos(lease.cursor, plan, query),
             read_only=True,
         )
 
-    def _remove_older_than(self, cutoff: datetime) -> int:
+    def _prune(self, query: PruneQuery) -> int:
+        """Expired records first, then old ones: one short statement per batch, each its
+        own transaction."""
+        total = self._prune_all(query, expired=True)
+        if query.cutoff is not None and query.statuses != ():
+            total += self._prune_all(query, expired=False)
+        return total
+
+    def _prune_all(self, query: PruneQuery, *, expired: bool) -> int:
         total, floor = 0, None
-        while True:  # one short statement per batch, each its own transaction
-            batch = partial(_prune_batch, cutoff=cutoff, floor=floor)
+        while True:
+            batch = partial(_prune_batch, query=query, expired=expired, floor=floor)
             removed: int
             removed, floor = self._run(batch)
             total += removed
@@ -490,8 +504,10 @@ class DatabasePersistence(RecordPersistence):
                 return total
 
 
-def _prune_batch(lease: _Lease, plan: DialectPlan, *, cutoff: datetime, floor: Any) -> Any:
-    return operations.prune_batch(lease.cursor, plan, cutoff, floor)
+def _prune_batch(
+    lease: _Lease, plan: DialectPlan, *, query: PruneQuery, expired: bool, floor: Any
+) -> Any:
+    return operations.prune_batch(lease.cursor, plan, query, expired, floor)
 
 
 def _shutdown(leases: _Leases, owned_engine: Engine | None) -> None:

@@ -1,7 +1,13 @@
 """FilePersistence: one file per workflow, replaced atomically.
 
-Each file is ``<header line>\\n<encoded snapshot>``; the header (JSON) carries the id,
-version and timestamps so ``list`` never decodes a snapshot. File names are derived from
+Each file is ``<header line>\\n<columns line>\\n<encoded snapshot>``. The header (JSON)
+carries the id, version, timestamps, expiry and the columns line's length: all that
+``load``, ``exists`` and a writer need. The columns line (JSON) carries what ``list``
+shows and filters on: status, workflow name, node, question and metadata, rendered as
+plain JSON. So ``list`` never decodes a snapshot. Files written before the columns line
+existed (format 1: header and snapshot only) are still read; ``list`` decodes those small
+enough to be cheap, with stand-ins for classes, and lists the others as ``"unknown"``,
+until their next save writes the current format. File names are derived from
 a SHA-256 of the id, never from the id itself: no id can name a path outside the
 directory, and ids that differ only in case stay apart on case-insensitive file systems.
 
@@ -28,12 +34,21 @@ import stat
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, NamedTuple
 
-from ._base import Record, RecordPersistence, version_conflict
-from ._serializers import Serializer
-from ._snapshot import StoredSnapshotInfo, utc_now
+from ._base import (
+    ListQuery,
+    PruneQuery,
+    Record,
+    RecordPersistence,
+    is_expired,
+    version_conflict,
+)
+from ._columns import SnapshotColumns, columns_of
+from ._serializers import JsonSerializer, Serializer
+from ._snapshot import UNKNOWN_STATUS, StoredSnapshotInfo, utc_now
 from .errors import (
     CorruptSnapshotError,
     InvalidArgumentError,
@@ -46,9 +61,16 @@ __all__ = ["FilePersistence"]
 _SUFFIX = ".wfp"
 _TEMP_PREFIX = ".tmp-"
 _LOCK_NAME = ".lock"
-_MAGIC = b"wfp-file 1 "
-#: Longest header line read; a valid one (255 escaped 4-byte characters) is ~3.2 KiB.
+_MAGIC = b"wfp-file 2 "
+#: Files written before the columns line existed: header and snapshot only.
+_MAGIC_V1 = b"wfp-file 1 "
+#: Longest header line read; a valid one (255 escaped 4-byte characters) is ~3.3 KiB.
 _MAX_HEADER = 64 * 1024
+#: Longest columns line: far more than its two JSON texts (64 Ki characters each) and
+#: two names take, so a damaged or planted length never makes ``list`` read much.
+_MAX_COLUMNS = 1 << 20
+#: Largest format-1 file whose snapshot ``list`` decodes to learn its columns.
+_MAX_V1_DECODED = 1 << 20
 #: What is read first for a header: every valid header fits, and so does a small file.
 _HEADER_PROBE = 4096
 #: The largest file read or written by default: what PostgreSQL's bytea holds, and
@@ -192,13 +214,17 @@ class FilePersistence(RecordPersistence):
     # -- records ------------------------------------------------------------------------
 
     def _write(
-        self, workflow_id: str, data: bytes, expected_version: int | None
+        self,
+        workflow_id: str,
+        data: bytes,
+        expected_version: int | None,
+        columns: SnapshotColumns,
     ) -> tuple[int, datetime]:
         name = file_name(workflow_id)
         with self._locked() as dir_fd:
             now = utc_now()
             try:
-                current = _read_header(dir_fd, self.directory, name, workflow_id)
+                current = _live_header(dir_fd, self.directory, name, workflow_id, now)
             except CorruptSnapshotError as exc:
                 raise CorruptSnapshotError(
                     f"cannot save {workflow_id!r} over a damaged snapshot file ({exc});"
@@ -209,12 +235,12 @@ class FilePersistence(RecordPersistence):
                     f"cannot save {workflow_id!r}: "
                     + planted.explain(self.directory / name, workflow_id)
                 ) from planted.__cause__
-            stored_version = 0 if current is None else current[0]
+            stored_version = 0 if current is None else current.version
             if expected_version is not None and expected_version != stored_version:
                 raise version_conflict(workflow_id, expected_version, stored_version)
-            created_at = now if current is None else current[1]
+            created_at = now if current is None else current.created_at
             version = stored_version + 1
-            header = _encode_header(workflow_id, version, created_at, now)
+            header = _encode_header(workflow_id, version, created_at, now, columns)
             self._check_size(len(header) + len(data))
             self._replace(dir_fd, name, header, data)
             return version, now
@@ -292,21 +318,27 @@ class FilePersistence(RecordPersistence):
                 f" FilePersistence's max_size; else delete({workflow_id!r}) removes it"
             )
         head = os.pread(fd, _HEADER_PROBE, 0)
-        line = _header_line(fd, head)
-        stored_id, version, created_at, updated_at = _decode_header(line, self.directory, name)
-        if stored_id != workflow_id:  # a SHA-256 collision, or a file copied by hand
+        header = _decode_header(_header_line(fd, head), self.directory, name)
+        if header.workflow_id != workflow_id:  # a SHA-256 collision, or a file copied by hand
             return None
-        if len(head) == size:  # a small file: all of it is in hand
-            data = head[len(line) :]
-        else:
-            data = _pread_exactly(fd, size - len(line), len(line))
-        return data, version, created_at, updated_at
+        start = header.data_offset
+        small = len(head) == size  # then all of the file is in hand
+        if header.columns_size is not None:
+            line_end = head[start - 1 : start] if small else os.pread(fd, 1, start - 1)
+            if line_end != b"\n":
+                raise CorruptSnapshotError(
+                    f"damaged header in {str(self.directory / name)!r}: the columns line"
+                    f" does not end where the header says; delete({workflow_id!r}) removes it"
+                )
+        data = head[start:] if small else _pread_exactly(fd, size - start, start)
+        return data, header.version, header.created_at, header.updated_at, header.expires_at
 
-    def _remove(self, workflow_id: str, expected_version: int | None) -> bool:
+    def _remove(self, workflow_id: str, expected_version: int | None, now: datetime) -> bool:
         name = file_name(workflow_id)
         with self._locked() as dir_fd:
             try:
-                current = _read_header(dir_fd, self.directory, name, workflow_id)
+                # An expired record counts as absent: it is left for prune().
+                current = _live_header(dir_fd, self.directory, name, workflow_id, now)
                 damaged = False
             except CorruptSnapshotError:
                 if expected_version is not None:
@@ -320,7 +352,7 @@ class FilePersistence(RecordPersistence):
                     ) from planted.__cause__
                 current, damaged = None, True  # unlink removes the entry, follows nothing
             if expected_version is not None:
-                stored_version = 0 if current is None else current[0]
+                stored_version = 0 if current is None else current.version
                 if stored_version != expected_version:
                     raise version_conflict(workflow_id, expected_version, stored_version)
             if current is None and not damaged:
@@ -336,14 +368,14 @@ class FilePersistence(RecordPersistence):
             _fsync_directory(dir_fd, self.directory)
         return True
 
-    def _contains(self, workflow_id: str) -> bool:
+    def _contains(self, workflow_id: str, now: datetime) -> bool:
         name = file_name(workflow_id)
         try:
             dir_fd = self._open_directory()
         except _DirectoryGone:
             return False
         try:
-            return _read_header(dir_fd, self.directory, name, workflow_id) is not None
+            return _live_header(dir_fd, self.directory, name, workflow_id, now) is not None
         except CorruptSnapshotError:
             return True  # something is stored under this id; load() reports the damage
         except _NotAFile as planted:
@@ -357,36 +389,29 @@ class FilePersistence(RecordPersistence):
         for entry in _entries(dir_fd, self.directory):
             if not entry.name.endswith(_SUFFIX) or entry.name.startswith("."):
                 continue
-            info = _read_info(dir_fd, self.directory, entry.name)
+            info = _read_info(dir_fd, self.directory, entry.name, self.max_size)
             if info is not None:
                 yield entry.name, info
 
-    def _infos(
-        self, updated_before: datetime | None, limit: int | None
-    ) -> builtins.list[StoredSnapshotInfo]:
+    def _infos(self, query: ListQuery) -> builtins.list[StoredSnapshotInfo]:
         with self._opened_directory() as dir_fd:
-            infos = [
-                info
-                for _, info in self._scan(dir_fd)
-                if updated_before is None or info.updated_at < updated_before
-            ]
-        infos.sort(key=lambda i: (i.updated_at, i.workflow_id), reverse=True)
-        return infos if limit is None else infos[:limit]
+            return query.select([info for _, info in self._scan(dir_fd)])
 
-    def _remove_older_than(self, cutoff: datetime) -> int:
+    def _prune(self, query: PruneQuery) -> int:
         removed = 0
         with self._locked() as dir_fd:
             for name, info in list(self._scan(dir_fd)):
-                if info.updated_at < cutoff:
-                    try:
-                        os.unlink(name, dir_fd=dir_fd)
-                    except FileNotFoundError:
-                        continue
-                    except OSError as exc:
-                        raise StorageUnavailableError(
-                            f"cannot delete {str(self.directory / name)!r}: {exc}"
-                        ) from exc
-                    removed += 1
+                if not query.matches(info.updated_at, info.status, info.expires_at):
+                    continue
+                try:
+                    os.unlink(name, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise StorageUnavailableError(
+                        f"cannot delete {str(self.directory / name)!r}: {exc}"
+                    ) from exc
+                removed += 1
             if removed:
                 _fsync_directory(dir_fd, self.directory)
         return removed
@@ -495,27 +520,93 @@ def _pread_exactly(fd: int, count: int, offset: int) -> bytes:
 # -- the file format ----------------------------------------------------------------------
 
 
-def _encode_header(workflow_id: str, version: int, created: datetime, updated: datetime) -> bytes:
+class _Header(NamedTuple):
+    """The header line of a snapshot file (a tuple: built on every load, so cheap)."""
+
+    workflow_id: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    size: int  # bytes of the header line, its newline included
+    columns_size: int | None  # bytes of the columns line; None in a format-1 file
+
+    @property
+    def data_offset(self) -> int:
+        return self.size + (self.columns_size or 0)
+
+
+#: ``(status, workflow_name, current_node, interrupt, metadata)`` as ``list`` shows them.
+_Listed = tuple[str, str | None, str | None, Any, dict[str, Any]]
+
+
+def _encode_header(
+    workflow_id: str,
+    version: int,
+    created: datetime,
+    updated: datetime,
+    columns: SnapshotColumns,
+) -> bytes:
+    """The header line and the columns line."""
+    columns_line = _encode_columns(columns)
+    expires_at = columns.expires_at
     fields = {
         "id": workflow_id,
         "version": version,
         "created_at": created.isoformat(),
         "updated_at": updated.isoformat(),
+        "expires_at": None if expires_at is None else expires_at.astimezone(UTC).isoformat(),
+        "columns": len(columns_line),
     }
-    return _MAGIC + json.dumps(fields, ensure_ascii=True).encode("ascii") + b"\n"
+    return _MAGIC + json.dumps(fields, ensure_ascii=True).encode("ascii") + b"\n" + columns_line
 
 
-def _decode_header(line: bytes, directory: Path, name: str) -> tuple[str, int, datetime, datetime]:
-    if not line.startswith(_MAGIC):
+def _encode_columns(columns: SnapshotColumns) -> bytes:
+    # Names may hold lone surrogates: escaped, so they come back as they were.
+    names = json.dumps(
+        {
+            "status": columns.status,
+            "workflow_name": columns.workflow_name,
+            "current_node": columns.current_node,
+        },
+        ensure_ascii=True,
+    )
+    # The two renderings are JSON text already, valid UTF-8, with every newline escaped.
+    interrupt = "null" if columns.interrupt is None else columns.interrupt
+    text = f'{names[:-1]}, "interrupt": {interrupt}, "metadata": {columns.run_metadata}}}\n'
+    line = text.encode("utf-8")
+    if len(line) > _MAX_COLUMNS:
+        raise PayloadTooLargeError(
+            f"the run's workflow_name and current_node take {len(line)} bytes, more than"
+            f" the {_MAX_COLUMNS} a snapshot file lists; nothing was written (use names of"
+            " at most 255 characters, as the databases require)",
+            size=len(line),
+            limit=_MAX_COLUMNS,
+        )
+    return line
+
+
+def _decode_header(line: bytes, directory: Path, name: str) -> _Header:
+    if line.startswith(_MAGIC):
+        magic, has_columns = _MAGIC, True
+    elif line.startswith(_MAGIC_V1):
+        magic, has_columns = _MAGIC_V1, False
+    else:
         raise CorruptSnapshotError(
             f"{str(directory / name)!r} is not a snapshot file of this library"
         )
     try:
-        fields = json.loads(line[len(_MAGIC) :])
+        fields = json.loads(line[len(magic) :])
         stored_id = fields["id"]
         version = fields["version"]
         created = datetime.fromisoformat(fields["created_at"])
         updated = datetime.fromisoformat(fields["updated_at"])
+        if has_columns:
+            expires_text = fields["expires_at"]
+            expires = None if expires_text is None else datetime.fromisoformat(expires_text)
+            columns_size = fields["columns"]
+        else:
+            expires = columns_size = None
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise CorruptSnapshotError(f"damaged header in {str(directory / name)!r}: {exc}") from exc
     if (
@@ -524,16 +615,16 @@ def _decode_header(line: bytes, directory: Path, name: str) -> tuple[str, int, d
         or version < 1
         or created.utcoffset() is None
         or updated.utcoffset() is None
+        or (expires is not None and expires.utcoffset() is None)
+        or (has_columns and not (type(columns_size) is int and 0 < columns_size <= _MAX_COLUMNS))
     ):
         raise CorruptSnapshotError(
             f"damaged header in {str(directory / name)!r}: unexpected field values"
         )
-    return stored_id, version, created, updated
+    return _Header(stored_id, version, created, updated, expires, len(line), columns_size)
 
 
-def _header_fields(
-    dir_fd: int, directory: Path, name: str
-) -> tuple[str, int, datetime, datetime] | None:
+def _header_fields(dir_fd: int, directory: Path, name: str) -> _Header | None:
     """The decoded header line of ``name``, read alone; None if there is no such entry."""
     try:
         fd, _ = _open_regular(dir_fd, name, _OPEN_READ)
@@ -548,27 +639,120 @@ def _header_fields(
     return _decode_header(line, directory, name)
 
 
-def _read_header(
-    dir_fd: int, directory: Path, name: str, workflow_id: str
-) -> tuple[int, datetime] | None:
-    """``(version, created_at)`` of what is stored under ``workflow_id``, or None."""
-    fields = _header_fields(dir_fd, directory, name)
-    if fields is None or fields[0] != workflow_id:
+def _live_header(
+    dir_fd: int, directory: Path, name: str, workflow_id: str, now: datetime
+) -> _Header | None:
+    """The header of what is stored under ``workflow_id``; None if nothing is, or if it
+    has expired by ``now`` (an expired record counts as gone)."""
+    header = _header_fields(dir_fd, directory, name)
+    if header is None or header.workflow_id != workflow_id:
         return None
-    return fields[1], fields[2]
+    return None if is_expired(header.expires_at, now) else header
 
 
-def _read_info(dir_fd: int, directory: Path, name: str) -> StoredSnapshotInfo | None:
+def _read_info(
+    dir_fd: int, directory: Path, name: str, max_size: int
+) -> StoredSnapshotInfo | None:
     """What ``list`` shows of one file, None for anything that is not a readable
     snapshot file of ours (list what can be listed; load() reports the damage)."""
     try:
-        fields = _header_fields(dir_fd, directory, name)
-    except (StorageUnavailableError, CorruptSnapshotError, _NotAFile):
+        fd, size = _open_regular(dir_fd, name, _OPEN_READ)
+    except (OSError, _NotAFile):
         return None
-    if fields is None or name != file_name(fields[0]):
-        return None  # gone, or copied or renamed by hand: load() would not find it so
-    stored_id, version, created_at, updated_at = fields
-    return StoredSnapshotInfo(stored_id, created_at, updated_at, version)
+    try:
+        return _info_of(fd, size, directory, name, max_size)
+    except (OSError, CorruptSnapshotError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _info_of(
+    fd: int, size: int, directory: Path, name: str, max_size: int
+) -> StoredSnapshotInfo | None:
+    head = os.pread(fd, _HEADER_PROBE, 0)
+    header = _decode_header(_header_line(fd, head), directory, name)
+    if name != file_name(header.workflow_id):
+        return None  # copied or renamed by hand: load() would not find it so
+    if header.columns_size is None:
+        listed = _listed_of_format_1(fd, size, head, header, max_size)
+    else:
+        end = header.data_offset
+        if end <= len(head):
+            line = head[header.size : end]
+        else:
+            line = os.pread(fd, header.columns_size, header.size)
+        listed = _decode_columns(line, directory, name)
+    status, workflow_name, current_node, interrupt, metadata = listed
+    return StoredSnapshotInfo(
+        header.workflow_id,
+        header.created_at,
+        header.updated_at,
+        header.version,
+        status=status,
+        workflow_name=workflow_name,
+        current_node=current_node,
+        interrupt=interrupt,
+        metadata=metadata,
+        expires_at=header.expires_at,
+    )
+
+
+def _decode_columns(line: bytes, directory: Path, name: str) -> _Listed:
+    try:
+        if not line.endswith(b"\n"):
+            raise ValueError("the columns line is cut short")
+        fields = json.loads(line)
+        status = fields["status"]
+        workflow_name = fields["workflow_name"]
+        current_node = fields["current_node"]
+        interrupt = fields["interrupt"]
+        metadata = fields["metadata"]
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise CorruptSnapshotError(f"damaged columns in {str(directory / name)!r}: {exc}") from exc
+    if (
+        type(status) is not str
+        or not (workflow_name is None or type(workflow_name) is str)
+        or not (current_node is None or type(current_node) is str)
+    ):
+        raise CorruptSnapshotError(
+            f"damaged columns in {str(directory / name)!r}: unexpected field values"
+        )
+    if type(metadata) is not dict:  # a rendering too long to keep, cut to a JSON string
+        metadata = {}
+    return status, workflow_name, current_node, interrupt, metadata
+
+
+#: Reads format-1 files for ``list``: classes it does not know become stand-ins, so no
+#: class named in a file is ever imported.
+_FORMAT_1_READER = JsonSerializer(unknown_classes="stand-in")
+
+
+def _listed_of_format_1(
+    fd: int, size: int, head: bytes, header: _Header, max_size: int
+) -> _Listed:
+    """What ``list`` shows of a file written before the columns line existed: its
+    snapshot decoded when that is cheap, else status "unknown" (until its next save)."""
+    if size > min(max_size, _MAX_V1_DECODED):
+        return _unknown_listed()
+    if len(head) == size:
+        data = head[header.size :]
+    else:
+        data = _pread_exactly(fd, size - header.size, header.size)
+    try:
+        snapshot = _FORMAT_1_READER.loads(data)
+    except Exception:  # signed pickle, damage, anything: listed, as "unknown"
+        return _unknown_listed()
+    if snapshot.workflow_id != header.workflow_id:
+        return _unknown_listed()
+    columns = columns_of(snapshot)
+    interrupt = None if columns.interrupt is None else json.loads(columns.interrupt)
+    metadata = json.loads(columns.run_metadata)
+    return columns.status, columns.workflow_name, columns.current_node, interrupt, metadata
+
+
+def _unknown_listed() -> _Listed:
+    return UNKNOWN_STATUS, None, None, None, {}
 
 
 def _entries(dir_fd: int, directory: Path) -> builtins.list[os.DirEntry[str]]:

@@ -3,14 +3,39 @@
 from __future__ import annotations
 
 import builtins
+import json
 import threading
+from dataclasses import dataclass
 from datetime import datetime
 
-from ._base import Record, RecordPersistence, version_conflict
+from ._base import ListQuery, PruneQuery, Record, RecordPersistence, is_expired, version_conflict
+from ._columns import SnapshotColumns
 from ._serializers import Serializer
 from ._snapshot import StoredSnapshotInfo, utc_now
 
 __all__ = ["InMemoryPersistence"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    record: Record
+    columns: SnapshotColumns
+
+    def info(self, workflow_id: str) -> StoredSnapshotInfo:
+        _, version, created_at, updated_at, expires_at = self.record
+        c = self.columns
+        return StoredSnapshotInfo(
+            workflow_id,
+            created_at,
+            updated_at,
+            version,
+            status=c.status,
+            workflow_name=c.workflow_name,
+            current_node=c.current_node,
+            interrupt=None if c.interrupt is None else json.loads(c.interrupt),
+            metadata=json.loads(c.run_metadata),
+            expires_at=expires_at,
+        )
 
 
 class InMemoryPersistence(RecordPersistence):
@@ -21,56 +46,67 @@ class InMemoryPersistence(RecordPersistence):
 
     def __init__(self, *, serializer: Serializer | None = None) -> None:
         super().__init__(serializer)
-        self._records: dict[str, Record] = {}
+        self._records: dict[str, _Stored] = {}
         self._lock = threading.Lock()
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
 
+    def _live(self, workflow_id: str, now: datetime) -> _Stored | None:
+        stored = self._records.get(workflow_id)
+        if stored is None or is_expired(stored.record[4], now):
+            return None
+        return stored
+
     def _write(
-        self, workflow_id: str, data: bytes, expected_version: int | None
+        self,
+        workflow_id: str,
+        data: bytes,
+        expected_version: int | None,
+        columns: SnapshotColumns,
     ) -> tuple[int, datetime]:
         with self._lock:
             now = utc_now()
-            current = self._records.get(workflow_id)
-            stored_version = 0 if current is None else current[1]
+            current = self._live(workflow_id, now)
+            stored_version = 0 if current is None else current.record[1]
             if expected_version is not None and expected_version != stored_version:
                 raise version_conflict(workflow_id, expected_version, stored_version)
-            created_at = now if current is None else current[2]
-            self._records[workflow_id] = (data, stored_version + 1, created_at, now)
+            created_at = now if current is None else current.record[2]
+            record = (data, stored_version + 1, created_at, now, columns.expires_at)
+            self._records[workflow_id] = _Stored(record, columns)
             return stored_version + 1, now
 
     def _read(self, workflow_id: str) -> Record | None:
-        return self._records.get(workflow_id)
+        stored = self._records.get(workflow_id)
+        return None if stored is None else stored.record
 
-    def _remove(self, workflow_id: str, expected_version: int | None) -> bool:
+    def _remove(self, workflow_id: str, expected_version: int | None, now: datetime) -> bool:
         with self._lock:
+            current = self._live(workflow_id, now)
             if expected_version is not None:
-                current = self._records.get(workflow_id)
-                stored_version = 0 if current is None else current[1]
+                stored_version = 0 if current is None else current.record[1]
                 if stored_version != expected_version:
                     raise version_conflict(workflow_id, expected_version, stored_version)
-            return self._records.pop(workflow_id, None) is not None
+            if current is None:
+                return False
+            del self._records[workflow_id]
+            return True
 
-    def _contains(self, workflow_id: str) -> bool:
-        return workflow_id in self._records
+    def _contains(self, workflow_id: str, now: datetime) -> bool:
+        return self._live(workflow_id, now) is not None
 
-    def _infos(
-        self, updated_before: datetime | None, limit: int | None
-    ) -> builtins.list[StoredSnapshotInfo]:
+    def _infos(self, query: ListQuery) -> builtins.list[StoredSnapshotInfo]:
         with self._lock:
             items = list(self._records.items())
-        infos = [
-            StoredSnapshotInfo(wid, created, updated, version)
-            for wid, (_, version, created, updated) in items
-            if updated_before is None or updated < updated_before
-        ]
-        infos.sort(key=lambda i: (i.updated_at, i.workflow_id), reverse=True)
-        return infos if limit is None else infos[:limit]
+        return query.select([stored.info(wid) for wid, stored in items])
 
-    def _remove_older_than(self, cutoff: datetime) -> int:
+    def _prune(self, query: PruneQuery) -> int:
         with self._lock:
-            old = [wid for wid, record in self._records.items() if record[3] < cutoff]
-            for wid in old:
+            doomed = [
+                wid
+                for wid, stored in self._records.items()
+                if query.matches(stored.record[3], stored.columns.status, stored.record[4])
+            ]
+            for wid in doomed:
                 del self._records[wid]
-            return len(old)
+            return len(doomed)

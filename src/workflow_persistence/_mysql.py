@@ -47,12 +47,18 @@ def _sizer_for(dbapi_connection: Any) -> Sizer:
     return hex_escaped_size if growth >= 64 else backslash_escaped_size
 
 
-def check_packet_size(connection: Any, data: bytes | bytearray | memoryview) -> None:
-    """Raise PayloadTooLargeError if a save of ``data`` would exceed the server's limit.
+def check_packet_size(
+    connection: Any, data: bytes | bytearray | memoryview, *texts: str | None
+) -> None:
+    """Raise PayloadTooLargeError if a save of ``data`` and the JSON ``texts`` beside it
+    would exceed the server's limit.
 
     ``connection`` is SQLAlchemy's pooled connection; what is learned about the server
     and the driver is kept in its ``info``, once per physical connection.
     """
+    # A text goes in the statement escaped: at most two bytes for each of its UTF-8
+    # bytes, and at most four UTF-8 bytes per character.
+    text_room = 8 * sum(len(text) for text in texts if text is not None)
     info = connection.info
     limit = info.get(_LIMIT_KEY)
     if limit is None:
@@ -64,15 +70,17 @@ def check_packet_size(connection: Any, data: bytes | bytearray | memoryview) -> 
             cursor.close()
         info[_LIMIT_KEY] = limit
         info[_SIZER_KEY] = _sizer_for(connection.dbapi_connection)
-    if 2 * len(data) + 16 + _STATEMENT_OVERHEAD <= limit:  # the common case: no counting
+    if 2 * len(data) + 16 + _STATEMENT_OVERHEAD + text_room <= limit:  # the common case
         return
-    needed = info[_SIZER_KEY](data) + _STATEMENT_OVERHEAD
+    if text_room:
+        text_room = sum(2 * len(text.encode("utf-8")) for text in texts if text is not None)
+    needed = info[_SIZER_KEY](data) + _STATEMENT_OVERHEAD + text_room
     if needed > limit:
         raise PayloadTooLargeError(
             f"the snapshot takes {needed} bytes in the statement, more than the server's"
             f" max_allowed_packet of {limit} (the MySQL driver sends {len(data)} bytes of"
-            " data escaped or as hex); raise max_allowed_packet on the server or store"
-            " less state. Nothing was written.",
+            " data escaped or as hex, and the question and metadata as JSON); raise"
+            " max_allowed_packet on the server or store less state. Nothing was written.",
             size=needed,
             limit=limit,
         )

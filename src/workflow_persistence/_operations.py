@@ -10,6 +10,7 @@ loopback round trip.
 
 from __future__ import annotations
 
+import json
 import logging
 import weakref
 from collections.abc import Callable, Sequence
@@ -21,11 +22,13 @@ from sqlalchemy import Dialect, Table
 from sqlalchemy import exc as sa_exc
 
 from . import _mysql
-from ._base import Record, version_conflict
+from ._base import ListQuery, PruneQuery, Record, version_conflict
+from ._columns import SnapshotColumns
 from ._snapshot import StoredSnapshotInfo, utc_now
 from ._statements import (
     PRUNE_BATCH,
     CompiledSQL,
+    ListShape,
     TableStatements,
     statements_for,
     timestamp_processors,
@@ -84,18 +87,22 @@ class DialectPlan:
     insert_new: CompiledSQL
     update_if_version: CompiledSQL
     select_record: CompiledSQL
+    select_row: CompiledSQL
     select_version: CompiledSQL
     delete_one: CompiledSQL
     delete_if_version: CompiledSQL
     prune_batch: CompiledSQL
-    list_variants: dict[tuple[bool, bool], CompiledSQL]
+    prune_expired: CompiledSQL
     to_db: Callable[[datetime], Any]
     from_db: Callable[[Any], Any]
+    json_from_db: Callable[[Any], Any]  # a JSON column's value as Python
     select_options: dict[str, Any]  # psycopg 3: binary=True, so bytea is not sent as hex
     unprepared: dict[str, Any]  # psycopg 3: prepare=False, for the prune batches
     binary: frozenset[str]
     family: str
     _limited_deletes: dict[int | None, CompiledSQL] = field(default_factory=dict)
+    _lists: dict[ListShape, CompiledSQL] = field(default_factory=dict)
+    _prunes: dict[int, CompiledSQL] = field(default_factory=dict)
 
     def compile(self, stmt: Any) -> CompiledSQL:
         return self.statements.compile(stmt, self.dialect, binary=self.binary)
@@ -108,10 +115,22 @@ class DialectPlan:
             compiled = self._limited_deletes[limit] = self.compile(stmt)
         return compiled
 
+    def list_statement(self, shape: ListShape) -> CompiledSQL:
+        """The listing for ``shape``, compiled on first use."""
+        compiled = self._lists.get(shape)
+        if compiled is None:
+            compiled = self._lists[shape] = self.compile(self.statements.select_infos(shape))
+        return compiled
 
-_plans: weakref.WeakKeyDictionary[Dialect, dict[Table, DialectPlan]] = (
-    weakref.WeakKeyDictionary()
-)
+    def prune_old(self, statuses: int) -> CompiledSQL:
+        """One prune batch by age, for ``statuses`` statuses (0: any)."""
+        compiled = self._prunes.get(statuses)
+        if compiled is None:
+            compiled = self._prunes[statuses] = self.compile(self.statements.prune_old(statuses))
+        return compiled
+
+
+_plans: weakref.WeakKeyDictionary[Dialect, dict[Table, DialectPlan]] = weakref.WeakKeyDictionary()
 
 
 def plan_for(table: Table, dialect: Dialect) -> DialectPlan:
@@ -144,17 +163,17 @@ def _build(table: Table, dialect: Dialect) -> DialectPlan:
         insert_new=compile_(statements.insert_new),
         update_if_version=compile_(statements.update_if_version),
         select_record=compile_(statements.select_record),
+        select_row=compile_(statements.select_row),
         select_version=compile_(statements.select_version),
         delete_one=compile_(statements.delete_one),
         delete_if_version=compile_(statements.delete_if_version),
         prune_batch=compile_(statements.prune_batch),
-        list_variants={
-            (before, limited): compile_(statements.select_infos(before=before, limited=limited))
-            for before in (False, True)
-            for limited in (False, True)
-        },
+        prune_expired=compile_(statements.prune_expired()),
         to_db=to_db,
         from_db=from_db,
+        # psycopg hands jsonb over parsed (a JSON string as a str); PyMySQL and sqlite3
+        # hand over the JSON text.
+        json_from_db=_unchanged if statements.family == "postgresql" else _json_text_from_db,
         select_options={"binary": True} if psycopg else {},
         unprepared={"prepare": False} if psycopg else {},
         binary=binary,
@@ -172,8 +191,10 @@ def save(
     workflow_id: str,
     data: bytes | bytearray | memoryview,
     expected_version: int | None,
+    columns: SnapshotColumns,
 ) -> tuple[int, datetime]:
-    """Write a record with one statement; return ``(version, updated_at)``.
+    """Write a record and its queryable ``columns`` with one statement; return
+    ``(version, updated_at)``.
 
     ``connection`` is SQLAlchemy's pooled connection the cursor belongs to (for limits
     that are learned once per connection). Raise ConflictError on a failed compare.
@@ -181,11 +202,22 @@ def save(
     if type(data) is not bytes:  # PyMySQL would store a memoryview as its repr
         data = bytes(data)
     if plan.family == "mysql":
-        _mysql.check_packet_size(connection, data)
+        _mysql.check_packet_size(connection, data, columns.interrupt, columns.run_metadata)
     elif plan.family == "sqlite":
         _check_sqlite_length(connection.dbapi_connection, data)
     now = utc_now()
-    values = {"wf_id": workflow_id, "wf_data": data, "now": plan.to_db(now)}
+    expires_at = columns.expires_at
+    values = {
+        "wf_id": workflow_id,
+        "wf_data": data,
+        "now": plan.to_db(now),
+        "wf_status": columns.status,
+        "wf_name": columns.workflow_name,
+        "wf_node": columns.current_node,
+        "wf_interrupt": columns.interrupt,
+        "wf_metadata": columns.run_metadata,
+        "wf_expires": None if expires_at is None else plan.to_db(expires_at),
+    }
     try:
         return _write(cursor, plan, workflow_id, values, expected_version), now
     except Exception as exc:
@@ -233,75 +265,116 @@ def _write(
 def read(cursor: Cursor, plan: DialectPlan, workflow_id: str) -> Record | None:
     """The record, or None; CorruptSnapshotError if its columns hold what the library
     never writes."""
-    stmt = plan.select_record
+    row = _fetch_one(cursor, plan, plan.select_record, workflow_id)
+    return None if row is None else _record_of(plan, workflow_id, row)
+
+
+def read_row(
+    cursor: Cursor, plan: DialectPlan, workflow_id: str
+) -> tuple[Record, dict[str, Any]] | None:
+    """The record and its queryable columns (JSON parsed), or None."""
+    row = _fetch_one(cursor, plan, plan.select_row, workflow_id)
+    if row is None:
+        return None
+    record = _record_of(plan, workflow_id, row[:5])
+    status, workflow_name, current_node, interrupt, metadata = row[5:]
+    try:
+        columns = {
+            "status": status,
+            "workflow_name": workflow_name,
+            "current_node": current_node,
+            "interrupt": plan.json_from_db(interrupt),
+            "run_metadata": plan.json_from_db(metadata),
+        }
+    except ValueError as exc:
+        raise damaged_record(
+            workflow_id, "its interrupt or run_metadata column is not JSON"
+        ) from exc
+    return record, columns
+
+
+def _fetch_one(cursor: Cursor, plan: DialectPlan, stmt: CompiledSQL, workflow_id: str) -> Any:
     cursor.execute(stmt.sql, stmt.params({"wf_id": workflow_id}), **plan.select_options)
     try:
-        row = cursor.fetchone()
+        return cursor.fetchone()
     except Exception as exc:
         if not _is_unreadable(exc, plan):
             raise
         raise damaged_record(workflow_id, _unreadable_row(exc)) from exc
-    if row is None:
-        return None
-    data, version, created_at, updated_at = row
+
+
+def _record_of(plan: DialectPlan, workflow_id: str, row: Any) -> Record:
+    data, version, created_at, updated_at, expires_at = row
     if type(data) is not bytes:
         data = _bytes_of(workflow_id, data)
     from_db = plan.from_db
     try:
         created, updated = from_db(created_at), from_db(updated_at)
+        expires = None if expires_at is None else from_db(expires_at)
     except UNCONVERTIBLE as exc:
-        raise damaged_record(workflow_id, _fault(plan, version, created_at, updated_at)) from exc
+        fault = _fault(plan, version, created_at, updated_at, expires_at)
+        raise damaged_record(workflow_id, fault) from exc
     if (
         type(version) is not int
         or version < 1
         or type(created) is not datetime
         or type(updated) is not datetime
+        or (expires is not None and type(expires) is not datetime)
     ):
-        raise damaged_record(workflow_id, _fault(plan, version, created_at, updated_at))
-    return data, version, created, updated
+        raise damaged_record(workflow_id, _fault(plan, version, created_at, updated_at, expires_at))
+    return data, version, created, updated, expires
 
 
 def remove(
-    cursor: Cursor, plan: DialectPlan, workflow_id: str, expected_version: int | None = None
+    cursor: Cursor,
+    plan: DialectPlan,
+    workflow_id: str,
+    expected_version: int | None,
+    now: datetime,
 ) -> bool:
-    """Delete a record; with ``expected_version``, only at that version (else ConflictError)."""
+    """Delete a record; with ``expected_version``, only at that version (else ConflictError).
+
+    A record expired by ``now`` counts as absent: it is left for prune.
+    """
     if expected_version is None:
-        cursor.execute(plan.delete_one.sql, plan.delete_one.params({"wf_id": workflow_id}))
+        values = {"wf_id": workflow_id, "now": plan.to_db(now)}
+        cursor.execute(plan.delete_one.sql, plan.delete_one.params(values))
         return cursor.rowcount > 0
     if expected_version == 0:  # "only if nothing is stored": there is nothing to delete
-        if contains(cursor, plan, workflow_id):
+        if contains(cursor, plan, workflow_id, now):
             raise version_conflict(workflow_id, 0, None)
         return False
     stmt = plan.delete_if_version
-    values = {"wf_id": workflow_id, "expected_version": expected_version}
+    values = {"wf_id": workflow_id, "expected_version": expected_version, "now": plan.to_db(now)}
     cursor.execute(stmt.sql, stmt.params(values))
     if cursor.rowcount != 1:
         raise version_conflict(workflow_id, expected_version, None)
     return True
 
 
-def contains(cursor: Cursor, plan: DialectPlan, workflow_id: str) -> bool:
-    cursor.execute(plan.select_version.sql, plan.select_version.params({"wf_id": workflow_id}))
+def contains(cursor: Cursor, plan: DialectPlan, workflow_id: str, now: datetime) -> bool:
+    """Whether a record that has not expired by ``now`` is stored."""
+    stmt = plan.select_version
+    cursor.execute(stmt.sql, stmt.params({"wf_id": workflow_id, "now": plan.to_db(now)}))
     return cursor.fetchone() is not None
 
 
-def infos(
-    cursor: Cursor, plan: DialectPlan, updated_before: datetime | None, limit: int | None
-) -> list[StoredSnapshotInfo]:
-    """Records newest first, without their data.
+def infos(cursor: Cursor, plan: DialectPlan, query: ListQuery) -> list[StoredSnapshotInfo]:
+    """The records ``query`` selects, newest first, read from their columns, never from
+    their data: one SELECT.
 
     A damaged record is left out, with a warning naming it, so that one bad row never
     hides the others; with a ``limit``, records further down take its place.
     """
-    stmt = plan.list_variants[(updated_before is not None, limit is not None)]
-    values: dict[str, Any] = {}
-    if updated_before is not None:
-        values["before"] = plan.to_db(updated_before)
-    if limit is not None:
-        values["limit"] = limit
+    limit = query.limit
+    filters = list_parameters(plan, query)
+    if filters is None:
+        return []  # a filter value no stored record can hold
+    shape, values = filters
+    stmt = plan.list_statement(shape)
     rows, unreadable = _listing_rows(cursor, plan, stmt, values)
     if not unreadable:
-        listed = _sound_infos(rows, plan.from_db)
+        listed = _sound_infos(rows, plan)
         if listed is not None:  # the usual case: nothing damaged
             return listed
     listed, damaged = _infos_leaving_out_damage(rows, plan, unreadable)
@@ -314,6 +387,107 @@ def infos(
         listed, damaged = _infos_leaving_out_damage(rows, plan, unreadable)
     _warn_left_out(damaged)
     return listed[:limit]
+
+
+def list_parameters(plan: DialectPlan, query: ListQuery) -> tuple[ListShape, dict[str, Any]] | None:
+    """The statement shape and parameters of ``query``; None if nothing can match."""
+    to_db = plan.to_db
+    values: dict[str, Any] = {"now": to_db(query.now)}
+    statuses = query.statuses or ()
+    if query.statuses is not None and not statuses:
+        return None  # an empty collection asks for no status at all
+    for i, status in enumerate(statuses):
+        values[f"st_{i}"] = status
+    names: tuple[str, ...] = ()
+    if query.workflow_names is not None:
+        names = tuple(name for name in query.workflow_names if _storable(name, plan.family))
+        if not names:
+            return None
+        for i, name in enumerate(names):
+            values[f"wn_{i}"] = name
+    ints = _metadata_parameters(plan.family, query.metadata, values)
+    if ints is None:
+        return None
+    if query.updated_before is not None:
+        values["before"] = to_db(query.updated_before)
+    if query.updated_after is not None:
+        values["after"] = to_db(query.updated_after)
+    if query.cursor is not None:
+        values["cu"], values["cid"] = to_db(query.cursor[0]), query.cursor[1]
+    if query.limit is not None:
+        values["limit"] = query.limit
+    shape = ListShape(
+        statuses=len(statuses),
+        names=len(names),
+        metadata=len(query.metadata),
+        metadata_ints=ints,
+        before=query.updated_before is not None,
+        after=query.updated_after is not None,
+        cursor=query.cursor is not None,
+        limited=query.limit is not None,
+    )
+    return shape, values
+
+
+def _storable(text: str, family: str) -> bool:
+    """Whether ``text`` can be stored in a column: UTF-8 without lone surrogates, and no
+    NUL on PostgreSQL. A filter value that cannot be stored matches nothing."""
+    if family == "postgresql" and "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _metadata_parameters(
+    family: str, pairs: tuple[tuple[str, Any], ...], values: dict[str, Any]
+) -> int | None:
+    """Bind the metadata pairs into ``values``; return how many int pairs PostgreSQL
+    checks apart, or None if a value can match nothing (stored metadata never holds NUL
+    or lone surrogates: the rendering replaces them)."""
+    for _, value in pairs:
+        if type(value) is str and ("\x00" in value or not _storable(value, family)):
+            return None
+    if not pairs:
+        return 0
+    if family == "postgresql":
+        values["meta"] = json.dumps(dict(pairs), ensure_ascii=False, separators=(",", ":"))
+        ints = [(key, value) for key, value in pairs if type(value) is int]
+        for i, (key, value) in enumerate(ints):
+            values[f"mik_{i}"], values[f"miv_{i}"] = key, str(value)
+        return len(ints)
+    for i, (key, value) in enumerate(pairs):
+        if family == "sqlite":
+            values[f"mk_{i}"] = f'$."{key}"'
+            values[f"mt_{i}"], values[f"mv_{i}"] = _sqlite_json_value(value)
+        else:
+            values[f"mk_{i}"] = f'$."{key}"'
+            values[f"mt_{i}"], values[f"mu_{i}"], values[f"mv_{i}"] = _mysql_json_value(value)
+    return 0
+
+
+_SQLITE_INT = range(-(2**63), 2**63)
+
+
+def _sqlite_json_value(value: str | int | bool) -> tuple[str, Any]:
+    """``(json_type, json_extract)`` of a matching value in SQLite."""
+    if type(value) is bool:
+        return ("true", 1) if value else ("false", 0)
+    if type(value) is int:
+        # Beyond 64 bits SQLite reads a JSON integer as real: it can match nothing.
+        return "integer", value if value in _SQLITE_INT else str(value)
+    return "text", value
+
+
+def _mysql_json_value(value: str | int | bool) -> tuple[str, str, str]:
+    """The two ``JSON_TYPE`` names a matching value may have, and its unquoted text."""
+    if type(value) is bool:
+        return "BOOLEAN", "BOOLEAN", "true" if value else "false"
+    if type(value) is int:
+        return "INTEGER", "UNSIGNED INTEGER", str(value)
+    return "STRING", "STRING", str(value)
 
 
 def _listing_rows(
@@ -330,27 +504,65 @@ def _listing_rows(
     return _rows_around_unreadable(cursor, plan, stmt.sql, params)
 
 
-def _sound_infos(
-    rows: Sequence[Any], from_db: Callable[[Any], Any]
-) -> list[StoredSnapshotInfo] | None:
+class _DamagedRow(Exception):
+    """A listed row holds what the library never writes."""
+
+
+def _info_of(row: Any, plan: DialectPlan) -> StoredSnapshotInfo:
+    """One listed row as a StoredSnapshotInfo; _DamagedRow (or a conversion error) if
+    a column holds what the library never writes."""
+    (
+        workflow_id, created_at, updated_at, version, status, workflow_name, current_node,
+        interrupt, metadata, expires_at,
+    ) = row  # fmt: skip
+    if (
+        type(workflow_id) is not str
+        or type(version) is not int
+        or version < 1
+        or type(status) is not str
+        or (workflow_name is not None and type(workflow_name) is not str)
+        or (current_node is not None and type(current_node) is not str)
+    ):
+        raise _DamagedRow
+    from_db = plan.from_db
+    created, updated = from_db(created_at), from_db(updated_at)
+    expires = None if expires_at is None else from_db(expires_at)
+    if (
+        type(created) is not datetime
+        or type(updated) is not datetime
+        or (expires is not None and type(expires) is not datetime)
+    ):
+        raise _DamagedRow
+    interrupt = plan.json_from_db(interrupt)
+    metadata = plan.json_from_db(metadata)
+    if metadata is None:
+        metadata = {}  # a record no save has written since revision 2 came
+    elif type(metadata) is not dict:
+        raise _DamagedRow
+    return StoredSnapshotInfo(
+        workflow_id,
+        created,
+        updated,
+        version,
+        status=status,
+        workflow_name=workflow_name,
+        current_node=current_node,
+        interrupt=interrupt,
+        metadata=metadata,
+        expires_at=expires,
+    )
+
+
+#: What reading a damaged listed row raises.
+_ROW_DAMAGE = (_DamagedRow, *UNCONVERTIBLE)
+
+
+def _sound_infos(rows: Sequence[Any], plan: DialectPlan) -> list[StoredSnapshotInfo] | None:
     """Every row as listed, or None as soon as one holds a damaged column."""
-    listed = []
     try:
-        for workflow_id, created_at, updated_at, version in rows:
-            if (
-                type(workflow_id) is not str
-                or type(version) is not int
-                or version < 1
-                or created_at is None
-                or updated_at is None
-            ):
-                return None
-            listed.append(
-                StoredSnapshotInfo(workflow_id, from_db(created_at), from_db(updated_at), version)
-            )
-    except UNCONVERTIBLE:
+        return [_info_of(row, plan) for row in rows]
+    except _ROW_DAMAGE:
         return None
-    return listed
 
 
 def _infos_leaving_out_damage(
@@ -359,17 +571,35 @@ def _infos_leaving_out_damage(
     """The sound rows as listed, and a description of each damaged one (the
     ``unreadable`` ones first)."""
     listed, damaged = [], list(unreadable)
-    for workflow_id, created_at, updated_at, version in rows:
+    for row in rows:
+        workflow_id = row[0]
         if type(workflow_id) is not str:
             damaged.append(f"{_shown(workflow_id)} (its workflow_id is not text)")
             continue
-        fault = _fault(plan, version, created_at, updated_at)
-        if fault is not None:
-            damaged.append(f"{workflow_id!r} ({fault})")
-            continue
-        created, updated = plan.from_db(created_at), plan.from_db(updated_at)
-        listed.append(StoredSnapshotInfo(workflow_id, created, updated, version))
+        try:
+            listed.append(_info_of(row, plan))
+        except _ROW_DAMAGE:
+            damaged.append(f"{workflow_id!r} ({_row_fault(plan, row)})")
     return listed, damaged
+
+
+def _row_fault(plan: DialectPlan, row: Any) -> str:
+    """Which column of a listed row is damaged and what it holds."""
+    _, created_at, updated_at, version, status, name, node, interrupt, metadata, expires = row
+    fault = _fault(plan, version, created_at, updated_at, expires)
+    if fault is not None:
+        return fault
+    for column, value in (("status", status), ("workflow_name", name), ("current_node", node)):
+        if type(value) is not str and not (value is None and column != "status"):
+            return f"its {column} column holds {_shown(value)}, not text"
+    for column, value in (("interrupt", interrupt), ("run_metadata", metadata)):
+        try:
+            parsed = plan.json_from_db(value)
+        except ValueError:
+            return f"its {column} column holds {_shown(value)}, not JSON"
+        if column == "run_metadata" and parsed is not None and type(parsed) is not dict:
+            return f"its run_metadata column holds {_shown(value)}, not a JSON object"
+    return "its columns cannot be read"
 
 
 def _rows_around_unreadable(
@@ -424,16 +654,26 @@ def _warn_left_out(damaged: list[str]) -> None:
     )
 
 
-def prune_batch(cursor: Cursor, plan: DialectPlan, cutoff: datetime, floor: Any) -> tuple[int, Any]:
-    """Delete one batch older than ``cutoff``; return ``(deleted, next floor)``.
+def prune_batch(
+    cursor: Cursor, plan: DialectPlan, query: PruneQuery, expired: bool, floor: Any
+) -> tuple[int, Any]:
+    """Delete one batch of what ``query`` matches; return ``(deleted, next floor)``.
 
-    ``floor`` is what the previous batch returned (None for the first).
+    ``expired``: the batch of records expired by ``query.now``, else the batch of those
+    older than ``query.cutoff`` (with a status of ``query.statuses``, when given).
+    ``floor`` is what the previous batch of the same kind returned (None for the first).
     """
-    stmt = plan.prune_batch
-    values = {
-        "cutoff": plan.to_db(cutoff),
-        "floor": plan.to_db(OLDEST) if floor is None else floor,
-    }
+    values: dict[str, Any] = {"floor": plan.to_db(OLDEST) if floor is None else floor}
+    if expired:
+        stmt = plan.prune_expired
+        values["now"] = plan.to_db(query.now)
+    else:
+        assert query.cutoff is not None
+        statuses = query.statuses or ()
+        stmt = plan.prune_old(len(statuses))
+        values["cutoff"] = plan.to_db(query.cutoff)
+        for i, status in enumerate(statuses):
+            values[f"st_{i}"] = status
     # Not prepared: a generic plan for the two bounds scans far more of the index.
     cursor.execute(stmt.sql, stmt.params(values), **plan.unprepared)
     if plan.family == "mysql":
@@ -476,11 +716,16 @@ def _bytes_of(workflow_id: str, data: object) -> bytes:
     raise damaged_record(workflow_id, f"its data column holds {_shown(data)}, not bytes")
 
 
-def _fault(plan: DialectPlan, version: Any, created_at: Any, updated_at: Any) -> str | None:
+def _fault(
+    plan: DialectPlan, version: Any, created_at: Any, updated_at: Any, expires_at: Any = None
+) -> str | None:
     """Which column of a record is damaged and what it holds; None if none is."""
     if type(version) is not int or version < 1:
         return f"its version column holds {_shown(version)}, not an integer >= 1"
-    for name, value in (("created_at", created_at), ("updated_at", updated_at)):
+    stamps = [("created_at", created_at), ("updated_at", updated_at)]
+    if expires_at is not None:
+        stamps.append(("expires_at", expires_at))
+    for name, value in stamps:
         try:
             converted = plan.from_db(value)
         except UNCONVERTIBLE:
@@ -516,9 +761,18 @@ def _is_unreadable(exc: BaseException, plan: DialectPlan) -> bool:
 
 def _unreadable_row(exc: BaseException) -> str:
     return (
-        "the driver cannot read its row (a created_at or updated_at outside the years 1 to"
-        f" 9999?): {first_line(_driver_error(exc))}"
+        "the driver cannot read its row (a created_at, updated_at or expires_at outside the"
+        f" years 1 to 9999?): {first_line(_driver_error(exc))}"
     )
+
+
+def _json_text_from_db(value: Any) -> Any:
+    """A JSON column's text as Python (None stays None: SQL NULL)."""
+    return None if value is None else json.loads(value)
+
+
+def _unchanged(value: Any) -> Any:
+    return value
 
 
 def _is_out_of_range(exc: BaseException) -> bool:
@@ -542,6 +796,11 @@ def translate_error(
         return PersistenceError(
             f"the table {table!r} does not exist: run `workflow-persistence migrate` (or"
             " your Alembic upgrade), or pass create_table=True"
+        ), False
+    if _is_missing_column(exc):  # a table from before revision wfp_0002
+        return PersistenceError(
+            f"the table {table!r} lacks columns this version writes: upgrade it once with"
+            f" `workflow-persistence migrate` (or your Alembic upgrade): {first_line(exc)}"
         ), False
     if _is_too_large(exc):
         return PayloadTooLargeError(f"the database refused the snapshot: {first_line(exc)}"), False
@@ -575,6 +834,14 @@ def _is_too_large(exc: BaseException) -> bool:
 def _is_missing_table(exc: BaseException) -> bool:
     sqlstate, code = _codes(exc)
     return sqlstate == "42P01" or code == 1146 or "no such table" in str(exc)
+
+
+def _is_missing_column(exc: BaseException) -> bool:
+    sqlstate, code = _codes(exc)
+    text = str(exc)
+    return sqlstate == "42703" or code == 1054 or "no such column" in text or (
+        "has no column named" in text
+    )
 
 
 def _is_busy(exc: BaseException) -> bool:

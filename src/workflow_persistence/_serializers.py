@@ -32,11 +32,13 @@ __all__ = ["JsonSerializer", "PickleSerializer", "Serializer"]
 _FMT_MSGPACK = b"msgpack"
 _FMT_MSGPACK_ZLIB = b"msgpack+zlib"
 _FMT_PICKLE = b"pickle"
-# 2: values inside values are flat arrays (format 2 of _codec); 1: nested payloads.
-_ENVELOPE_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
-_ENVELOPE_LENGTH = 15
-_FLAT_BODY = b"\x9f\x02"  # a format 2 body starts with its 15-item array and version 2
+# 3: values inside values are flat arrays (format 2 of _codec); 2 added workflow_name,
+# result and expires_at to version 1's fields. Versions 1 and 2 hold nested payloads.
+_ENVELOPE_VERSION = 3
+_ENVELOPE_VERSIONS = (2, 3)  # of _ENVELOPE_LENGTH fields
+_ENVELOPE_LENGTH = 18
+_ENVELOPE_V1_LENGTH = 15
+_FLAT_BODY = b"\xdc\x00\x12\x03"  # a version 3 body: an array of 18 items, the first 3
 _DEFAULT_MAX_DECODED = 1 << 30  # 1 GiB: PostgreSQL's bytea holds no more
 _DEFAULT_MAX_DEPTH = 100
 _ENVELOPE_LEVELS = 2  # the envelope array, and the state dict holding a value
@@ -177,9 +179,9 @@ class JsonSerializer:
             )
         try:
             levels = self.max_depth + _ENVELOPE_LEVELS
-            if raw[:2] == _FLAT_BODY:
+            if raw[:4] == _FLAT_BODY:
                 row = self._codec.unpack(raw, levels)
-            else:  # written by version 0.1, or damaged
+            else:  # envelope version 1 or 2 (values held nested payloads), or damaged
                 row = self._codec.unpack_legacy(raw, levels, inflated=inflated)
             return _from_row(row)
         except CorruptSnapshotError:
@@ -344,6 +346,9 @@ def _envelope(s: WorkflowSnapshot) -> list[Any]:
         s.created_at,
         s.updated_at,
         s.version,
+        s.workflow_name,
+        s.result,
+        s.expires_at,
     ]
     if not _fits(row):
         path, expected, value = _misfit(row)
@@ -367,9 +372,11 @@ def _fits(row: list[Any]) -> bool:
     same checks again to say what failed.
     """
     current_node, event, nodes, attempts, error = row[4], row[5], row[6], row[9], row[10]
-    created_at, updated_at = row[12], row[13]
+    created_at, updated_at, name, expires_at = row[12], row[13], row[15], row[17]
     if not (
         (current_node is None or type(current_node) is str)
+        and (name is None or type(name) is str)
+        and (expires_at is None or (type(expires_at) is datetime and expires_at.tzinfo is not None))
         and (event is None or isinstance(event, _EVENT_TYPES))
         and type(nodes) is list
         and type(attempts) is dict
@@ -424,6 +431,11 @@ def _misfit(row: list[Any]) -> tuple[str, str, Any]:
     for name, value in (("created_at", row[12]), ("updated_at", row[13])):
         if type(value) is not datetime or value.tzinfo is None:
             return name, _AWARE, value
+    if row[15] is not None and type(row[15]) is not str:
+        return "workflow_name", "a str or None", row[15]
+    expires_at = row[17]
+    if expires_at is not None and (type(expires_at) is not datetime or expires_at.tzinfo is None):
+        return "expires_at", f"None or {_AWARE}", expires_at
     return "version", "an int", row[14]
 
 
@@ -470,18 +482,24 @@ def _envelope_parts(s: WorkflowSnapshot, row: list[Any]) -> Iterator[tuple[str, 
     if s.error is not None:
         for name in ("node", "type", "message", "traceback", "at"):
             yield f"error.{name}", getattr(s.error, name)
+    yield "result", s.result
     yield "created_at", s.created_at
     yield "updated_at", s.updated_at
     yield "version", s.version
+    yield "workflow_name", s.workflow_name
+    yield "expires_at", s.expires_at
 
 
 def _from_row(row: Any) -> WorkflowSnapshot:
     if (
         type(row) is not list
         or len(row) != _ENVELOPE_LENGTH
-        or row[0] not in _READABLE_VERSIONS
+        or row[0] not in _ENVELOPE_VERSIONS
     ):
-        raise CorruptSnapshotError("damaged record: not a snapshot of a known layout")
+        if type(row) is list and len(row) == _ENVELOPE_V1_LENGTH and row[0] == 1:
+            row = [*row, None, None, None]  # written before runs had names and results
+        else:
+            raise CorruptSnapshotError("damaged record: not a snapshot of a known layout")
     (
         _,
         workflow_id,
@@ -498,6 +516,9 @@ def _from_row(row: Any) -> WorkflowSnapshot:
         created_at,
         updated_at,
         version,
+        workflow_name,
+        result,
+        expires_at,
     ) = row
     # What dumps guarantees, checked so a damaged record never loads as a broken snapshot.
     if (
@@ -529,6 +550,9 @@ def _from_row(row: Any) -> WorkflowSnapshot:
         created_at,
         updated_at,
         version,
+        workflow_name,
+        result,
+        expires_at,
     )
 
 

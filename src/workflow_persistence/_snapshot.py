@@ -10,8 +10,11 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from ._events import Event
 
-SnapshotStatus = Literal["interrupted", "failed", "running"]
-SNAPSHOT_STATUSES: frozenset[str] = frozenset({"interrupted", "failed", "running"})
+SnapshotStatus = Literal["interrupted", "failed", "running", "completed"]
+SNAPSHOT_STATUSES: frozenset[str] = frozenset({"interrupted", "failed", "running", "completed"})
+#: The status a stored record is listed with when its data could not be read (a record
+#: written before its columns existed and that the migration could not decode).
+UNKNOWN_STATUS = "unknown"
 
 
 def utc_now() -> datetime:
@@ -113,11 +116,13 @@ def clip(text: str, limit: int) -> str:
 
 @dataclass
 class WorkflowSnapshot:
-    """The complete state of a paused, failed or running workflow run.
+    """The complete state of a paused, failed, running or kept completed workflow run.
 
     ``version``, ``created_at`` and ``updated_at`` belong to the store: ``load`` returns
     them as stored, and ``save`` sets ``version`` and ``updated_at`` on the snapshot it
-    was given (and ``created_at`` when it created the record).
+    was given (and ``created_at`` when it created the record). ``workflow_name`` is the
+    ``Workflow``'s name; ``result`` what a kept ``"completed"`` run returned; after
+    ``expires_at`` the record counts as gone.
     """
 
     workflow_id: str
@@ -134,13 +139,28 @@ class WorkflowSnapshot:
     created_at: datetime = field(default_factory=utc_now)
     updated_at: datetime = field(default_factory=utc_now)
     version: int = 0
+    workflow_name: str | None = None
+    result: Any = None
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class StoredSnapshotInfo:
-    """A stored record as listed, without decoding its data."""
+    """A stored record as listed, without decoding its data.
+
+    ``interrupt`` and ``metadata`` are plain-JSON renderings of the snapshot's question and
+    metadata (datetimes as ISO 8601 text, Decimal and UUID as text, tuples and sets as
+    lists, dataclasses and models as objects), for display and filtering: the record's
+    data stays the truth.
+    """
 
     workflow_id: str
     created_at: datetime
     updated_at: datetime
     version: int
+    status: str = UNKNOWN_STATUS
+    workflow_name: str | None = None
+    current_node: str | None = None
+    interrupt: Any = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    expires_at: datetime | None = None

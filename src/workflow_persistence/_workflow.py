@@ -19,6 +19,10 @@ anything (a damaged record, a node the workflow no longer has, an answer that ca
 stored) is refused before the claim, and the stored run stays as it was. Only a process
 that dies, or storage that fails in the middle of a write, leaves a run "running": that is
 what ``take_over`` is for.
+
+A completed run's record is deleted with the claim's version, or, with
+``keep_completed``, replaced (at that version) by a "completed" snapshot that expires: a
+record of what was decided, never resumed again.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from ._events import Event, StartEvent, StopEvent
@@ -62,6 +66,10 @@ __all__ = ["RunResult", "Workflow", "WorkflowState", "new_workflow_id"]
 #: A running run saved more recently than this is presumed alive: its caller is told to
 #: wait, not to take it over.
 RECENTLY_SAVED = timedelta(minutes=5)
+#: The longest a workflow name may be: the length of its column.
+MAX_NAME_LENGTH = 255
+#: A kept run expires at the latest here: every database's datetime type reaches it.
+_LAST_EXPIRY = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 def new_workflow_id() -> str:
@@ -129,16 +137,25 @@ class Workflow:
     it, in this process or any other, with the answer. ``retry`` is the default policy
     for failing nodes (a node may carry its own); ``types`` are the user classes the
     state holds, registered with the persistence's serializer along with the events.
+
+    ``name`` is stored with every snapshot of its runs (``workflow_name``), so one store
+    can hold the runs of several workflows and list them apart. A completed run deletes
+    its record, unless ``keep_completed=timedelta(...)``: then it is saved as
+    ``"completed"`` with its result and history, and expires that long after.
     """
 
     def __init__(
         self,
         nodes: Iterable[Any],
         *,
+        name: str | None = None,
+        keep_completed: timedelta | None = None,
         persistence: Persistence | None = None,
         retry: RetryPolicy | None = None,
         types: Iterable[type] = (),
     ) -> None:
+        self.name = _checked_name(name)
+        self.keep_completed = _checked_keep_completed(keep_completed)
         types = tuple(types)
         self._graph = build_graph(nodes, types)
         self._by_name = {spec.name: spec for spec in self._graph.values()}
@@ -186,13 +203,14 @@ class Workflow:
             current_node=self._graph[StartEvent].name,
             event=StartEvent(),
             metadata=dict(metadata or {}),
+            workflow_name=self.name,
         )
         try:
             self._save(snapshot, expected_version=0)
         except ConflictError as exc:
             raise ConflictError(
-                f"a run with id {workflow_id!r} is already stored; resume it, or start"
-                " under another id",
+                f"a run with id {workflow_id!r} is already stored (waiting, failed, running,"
+                " or completed and kept); resume it, or start under another id",
                 workflow_id=workflow_id,
                 expected_version=0,
             ) from exc
@@ -225,6 +243,7 @@ class Workflow:
                 f"take_over must be a bool or a timedelta, not {type(take_over).__name__}"
             )
         snapshot = self.persistence.load(workflow_id)
+        _refuse_completed(snapshot)
         _check_resumable(snapshot)
         loaded_version, stored_status = snapshot.version, snapshot.status
         if expected_version is not None and loaded_version != expected_version:
@@ -236,6 +255,7 @@ class Workflow:
             )
         self._take_answer(snapshot, answer, take_over)
         spec = self._node_to_resume(snapshot)
+        snapshot.workflow_name = self.name
         snapshot.status = "running"
         snapshot.interrupt = None
         snapshot.error = None
@@ -357,7 +377,7 @@ class Workflow:
             snapshot.completed_nodes.append(claim.spec.name)
             if isinstance(returned, StopEvent):
                 result = returned.result  # read before the record goes
-                self._finish(claim)
+                self._finish(claim, result)
                 return RunResult(snapshot.workflow_id, "completed", dict(claim.state), result)
             self._hand_on(claim, returned)
 
@@ -391,8 +411,11 @@ class Workflow:
         self._store(claim, settles=False)
         claim.spec, claim.event = next_spec, returned
 
-    def _finish(self, claim: _Claim) -> None:
-        """A completed run deletes its record, if it still holds the claim."""
+    def _finish(self, claim: _Claim, result: Any) -> None:
+        """A completed run deletes its record, or is kept, if it still holds the claim."""
+        if self.keep_completed is not None:
+            self._keep(claim, result, self.keep_completed)
+            return
         snapshot = claim.snapshot
         try:
             self.persistence.delete(snapshot.workflow_id, expected_version=snapshot.version)
@@ -400,6 +423,23 @@ class Workflow:
             claim.held = False
             raise _taken_over(snapshot) from exc
         claim.held = False
+
+    def _keep(self, claim: _Claim, result: Any, keep_for: timedelta) -> None:
+        """Save the run as completed, with its result, until ``keep_for`` from now.
+
+        A result or final state that cannot be stored fails the final node, as a state
+        that cannot be stored fails any node: nothing is dropped in silence.
+        """
+        snapshot = claim.snapshot
+        snapshot.status = "completed"
+        snapshot.state = dict(claim.state)
+        snapshot.current_node = None
+        snapshot.event = None
+        snapshot.interrupt = None
+        snapshot.error = None
+        snapshot.result = result
+        snapshot.expires_at = _expiry(keep_for)
+        self._store(claim, settles=True)
 
     def _run_node(self, claim: _Claim) -> RunResult | Event:
         """Run one node with its retries: its next event, or the run's paused result."""
@@ -517,6 +557,8 @@ class Workflow:
         snapshot.status = "failed"
         snapshot.current_node = claim.spec.name
         snapshot.interrupt = None
+        snapshot.result = None  # of a completion that could not be kept
+        snapshot.expires_at = None
         del snapshot.completed_nodes[claim.step :]
         while snapshot.history and snapshot.history[-1].answered_at is None:
             snapshot.history.pop()  # a question that was never stored as asked
@@ -560,6 +602,56 @@ class Workflow:
 _DAMAGE_HINT = "; nothing was done. Restore the record from a backup, or delete it"
 
 
+def _checked_name(name: object) -> str | None:
+    """The workflow's name, stored in a VARCHAR(255) column beside each of its runs."""
+    if name is None:
+        return None
+    if type(name) is not str:
+        raise WorkflowDefinitionError(
+            f"name must be None or a str, not {type(name).__name__}"
+        )
+    if not name or len(name) > MAX_NAME_LENGTH:
+        raise WorkflowDefinitionError(
+            f"name must be 1 to {MAX_NAME_LENGTH} characters long, not {len(name)}"
+        )
+    return name
+
+
+def _checked_keep_completed(keep: object) -> timedelta | None:
+    if keep is None:
+        return None
+    if not isinstance(keep, timedelta) or keep <= timedelta(0):
+        raise WorkflowDefinitionError(
+            f"keep_completed must be None (completed runs are deleted) or a positive"
+            f" timedelta, such as timedelta(days=7), not {keep!r}"
+        )
+    return keep
+
+
+def _expiry(keep_for: timedelta) -> datetime:
+    """When a run completed now and kept for ``keep_for`` expires (at the latest 9999)."""
+    now = utc_now()
+    try:
+        return min(now + keep_for, _LAST_EXPIRY)
+    except OverflowError:
+        return _LAST_EXPIRY
+
+
+def _refuse_completed(snapshot: WorkflowSnapshot) -> None:
+    """A kept completed run has nothing left to run: say so, and when it completed."""
+    if snapshot.status != "completed":
+        return
+    kept = snapshot.expires_at
+    until = f"kept until {kept.isoformat()}" if isinstance(kept, datetime) else "kept"
+    raise ConflictError(
+        f"run {snapshot.workflow_id!r} completed at {snapshot.updated_at.isoformat()} and"
+        f" is {until}; there is nothing to resume. load() it to read its result, or start"
+        " a new run under another id",
+        workflow_id=snapshot.workflow_id,
+        expected_version=snapshot.version,
+    )
+
+
 def _check_resumable(snapshot: WorkflowSnapshot) -> None:
     """Refuse a loaded snapshot whose fields have the wrong types, before any claim.
 
@@ -586,6 +678,7 @@ def _damage(s: WorkflowSnapshot) -> str | None:
         and _is_attempts(s.attempts)
         and _is_history(s.history)
         and (s.error is None or isinstance(s.error, ErrorInfo))
+        and (s.expires_at is None or isinstance(s.expires_at, datetime))
     ):
         return None
     checks: tuple[tuple[str, object, bool, str], ...] = (
@@ -597,7 +690,8 @@ def _damage(s: WorkflowSnapshot) -> str | None:
         ("completed_nodes", s.completed_nodes, _is_names(s.completed_nodes), "a list of names"),
         ("attempts", s.attempts, _is_attempts(s.attempts), "a dict of names to counts"),
         ("history", s.history, _is_history(s.history), "a list of Decision"),
-        ("error", s.error, False, "an ErrorInfo"),
+        ("error", s.error, s.error is None or isinstance(s.error, ErrorInfo), "an ErrorInfo"),
+        ("expires_at", s.expires_at, False, "a datetime"),
     )
     for name, value, good, wanted in checks:
         if not good:
@@ -606,7 +700,9 @@ def _damage(s: WorkflowSnapshot) -> str | None:
     return None  # unreachable: one of the checks above failed
 
 
-_STATUSES = tuple(sorted(SNAPSHOT_STATUSES))  # a tuple: ``in`` compares, never hashes
+#: What a run may be resumed from (a tuple: ``in`` compares, never hashes); a kept
+#: "completed" run is refused before these checks.
+_STATUSES = tuple(sorted(SNAPSHOT_STATUSES - {"completed"}))
 
 
 def _is_names(value: object) -> bool:

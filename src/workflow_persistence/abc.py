@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 from abc import ABC, abstractmethod
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -47,17 +48,36 @@ class Persistence(ABC):
 
     @abstractmethod
     def list(
-        self, *, updated_before: datetime | None = None, limit: int | None = None
+        self,
+        *,
+        status: str | Collection[str] | None = None,
+        workflow_name: str | Collection[str] | None = None,
+        metadata: Mapping[str, str | int | bool] | None = None,
+        updated_before: datetime | None = None,
+        updated_after: datetime | None = None,
+        limit: int | None = None,
+        cursor: StoredSnapshotInfo | None = None,
     ) -> builtins.list[StoredSnapshotInfo]:
         """Stored records, most recently updated first, without decoding their data.
 
-        ``updated_before`` keeps records last updated strictly before it, so the
-        ``updated_at`` of the last entry of one page is the cursor of the next.
+        ``status`` and ``workflow_name`` take one value or several; ``metadata`` keeps
+        records whose metadata has all the given top-level keys with exactly these
+        values (str, int or bool). ``updated_before``/``updated_after`` are strict bounds.
+        Records that have expired are never listed. To page, pass the last record of a
+        page as ``cursor`` to get the next one: records sharing an ``updated_at`` are
+        neither skipped nor repeated.
         """
 
     @abstractmethod
-    def prune(self, older_than: timedelta | datetime) -> int:
-        """Delete records not updated since ``older_than`` (an age, or an aware datetime).
+    def prune(
+        self,
+        older_than: timedelta | datetime | None = None,
+        *,
+        status: str | Collection[str] | None = None,
+    ) -> int:
+        """Delete every expired record and, when ``older_than`` is given (an age or an
+        aware datetime), the records not updated since then, only those whose status is
+        in ``status`` when that is given.
 
         Returns how many records were removed.
         """

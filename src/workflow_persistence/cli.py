@@ -15,6 +15,7 @@ import importlib.metadata
 import json
 import math
 import re
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, time, timedelta
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from uuid import UUID
 
+import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
@@ -32,7 +34,7 @@ from ._database import DatabasePersistence
 from ._ids import check_workflow_id
 from ._operations import first_line
 from ._serializers import JsonSerializer
-from ._snapshot import Decision, ErrorInfo
+from ._snapshot import Decision, ErrorInfo, StoredSnapshotInfo, utc_now
 from .errors import CorruptSnapshotError, PersistenceError, WorkflowError
 
 __all__ = ["format_age", "main", "parse_age"]
@@ -192,11 +194,6 @@ def _jsonable_dict(value: dict[Any, Any]) -> dict[str, Any]:
     return view
 
 
-def _printable(workflow_id: str) -> str:
-    """An id as one line of a table: control characters escaped."""
-    return workflow_id if workflow_id.isprintable() else ascii(workflow_id)[1:-1]
-
-
 def _cmd_migrate(args: argparse.Namespace) -> None:
     url = migrations.resolve_url(args.url)
     try:
@@ -208,35 +205,135 @@ def _cmd_migrate(args: argparse.Namespace) -> None:
 
 def _cmd_list(args: argparse.Namespace) -> None:
     with _persistence(args.url) as persistence:
-        before = None if args.older_than is None else _cutoff(args.older_than)
-        infos = persistence.list(updated_before=before, limit=args.limit)
+        infos = persistence.list(
+            status=args.status,
+            workflow_name=args.workflow,
+            metadata=_metadata_filter(args.meta),
+            updated_before=None if args.older_than is None else _cutoff(args.older_than),
+            limit=args.limit,
+        )
     if args.json:
-        rows = [
-            {
-                "workflow_id": i.workflow_id,
-                "version": i.version,
-                "created_at": _iso(i.created_at),
-                "updated_at": _iso(i.updated_at),
-            }
-            for i in infos
-        ]
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
-        return
-    if not infos:
-        print(_nothing_listed(args.older_than))
-        return
-    ids = [_printable(i.workflow_id) for i in infos]
-    width = max(len("WORKFLOW ID"), *(len(i) for i in ids))
-    print(f"{'WORKFLOW ID':<{width}}  VERSION  UPDATED AT (UTC)                  CREATED AT (UTC)")
-    for shown, i in zip(ids, infos, strict=True):
-        print(f"{shown:<{width}}  {i.version:>7}  {_iso(i.updated_at):<32}  {_iso(i.created_at)}")
+        print(json.dumps([_info_view(i) for i in infos], indent=2, ensure_ascii=False, default=str))
+    elif infos:
+        print("\n".join(_table(infos, shutil.get_terminal_size().columns)))
+    else:
+        print(_nothing_listed(args))
 
 
-def _nothing_listed(older_than: timedelta | None) -> str:
+def _info_view(info: StoredSnapshotInfo) -> dict[str, Any]:
+    """Every field of a listed record, datetimes as ISO 8601 text."""
+    view: dict[str, Any] = {}
+    for f in dataclasses.fields(info):
+        value = getattr(info, f.name)
+        view[f.name] = _iso(value) if isinstance(value, datetime) else value
+    return view
+
+
+_COLUMNS = ("WORKFLOW ID", "STATUS", "WORKFLOW", "NODE", "QUESTION", "UPDATED (UTC)")
+_GAP = "  "
+_MIN_QUESTION = 12  # the question keeps this much even when the other columns are wide
+
+
+def _table(infos: Sequence[StoredSnapshotInfo], width: int) -> list[str]:
+    """One line per record; the question is cut so that a line fits ``width``."""
+    rows = [
+        (
+            _one_line(i.workflow_id),
+            _one_line(i.status),
+            _one_line(i.workflow_name or "-"),
+            _one_line(i.current_node or "-"),
+            question(i.interrupt),
+            i.updated_at.astimezone(UTC).isoformat(timespec="seconds"),
+        )
+        for i in infos
+    ]
+    widths = [max(len(_COLUMNS[c]), *(len(r[c]) for r in rows)) for c in range(len(_COLUMNS))]
+    others = sum(widths) - widths[4] + len(_GAP) * (len(_COLUMNS) - 1)
+    widths[4] = min(widths[4], max(width - others, _MIN_QUESTION))
+    lines = []
+    for row in [_COLUMNS, *rows]:
+        cells = [*row[:4], _cut(row[4], widths[4]), row[5]]
+        lines.append(_GAP.join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)))
+    return [line.rstrip() for line in lines]
+
+
+def question(interrupt: Any) -> str:
+    """What a waiting run asks, in one line: the ``"question"`` of an object that has one,
+    else the question's compact JSON text ("-" when it asks nothing)."""
+    if interrupt is None:
+        return "-"
+    if isinstance(interrupt, dict) and "question" in interrupt:
+        interrupt = interrupt["question"]
+        if isinstance(interrupt, str):
+            return _one_line(interrupt)
+    return _one_line(json.dumps(interrupt, ensure_ascii=False, separators=(",", ":"), default=str))
+
+
+def _one_line(text: str) -> str:
+    """``text`` without line breaks or other control characters (shown escaped)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _nothing_listed(args: argparse.Namespace) -> str:
     """Say "no stored workflows" only when none is stored, not when a filter left none."""
-    if older_than is None:
-        return "no stored workflows"
-    return f"no stored workflows not updated for {format_age(older_than)}"
+    conditions = []
+    if args.status:
+        conditions.append(f"with status {' or '.join(args.status)}")
+    if args.workflow:
+        conditions.append(f"of workflow {' or '.join(map(repr, args.workflow))}")
+    if args.meta:
+        pairs = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in args.meta)
+        conditions.append(f"with metadata {pairs}")
+    if args.older_than is not None:
+        conditions.append(f"not updated for {format_age(args.older_than)}")
+    return " ".join(["no stored workflows", *conditions])
+
+
+def _statuses(text: str) -> list[str]:
+    """``--status interrupted,failed``: one or several, the library checks the names."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"not a status or a comma-separated list: {text!r}")
+    return names
+
+
+_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")  # "0017" stays text: an id, not a number
+
+
+def meta_pair(text: str) -> tuple[str, str | int | bool]:
+    """``--meta KEY=VALUE``. VALUE is text, except a whole number without leading zeros (an
+    int) and ``true`` or ``false`` (a bool); write it as a JSON string (``code="7"``) for
+    that text itself. Metadata values match exactly: the int 7 is not the text "7"."""
+    key, equals, raw = text.partition("=")
+    if not equals:
+        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}")
+    value: str | int | bool = raw
+    if raw in ("true", "false"):
+        value = raw == "true"
+    elif _INTEGER.fullmatch(raw):
+        value = int(raw)
+    elif len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        try:
+            decoded = json.loads(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a JSON string: {raw!r}") from None
+        value = decoded
+    return key, value
+
+
+def _metadata_filter(pairs: Sequence[tuple[str, str | int | bool]]) -> dict[str, Any]:
+    wanted: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in wanted and wanted[key] != value:
+            raise CommandError(f"--meta {key} is given twice: a record has one value per key")
+        wanted[key] = value
+    return wanted
 
 
 def _cmd_show(args: argparse.Namespace) -> None:
@@ -245,7 +342,12 @@ def _cmd_show(args: argparse.Namespace) -> None:
         record = persistence._read(workflow_id)  # raw bytes: the header, the size
         if record is None:
             raise CommandError(f"no workflow snapshot is stored under id {args.workflow_id!r}")
-        data, version, created_at, updated_at = record
+        data, version, created_at, updated_at, expires_at = record
+        if expires_at is not None and expires_at <= utc_now():
+            raise CommandError(
+                f"no workflow snapshot is stored under id {args.workflow_id!r} (the record"
+                f" there expired at {_iso(expires_at)}; prune removes it)"
+            )
         fmt = _framing.format_name(_framing.unframe(data)[0]) if data[:4] == _framing.MAGIC else "?"
         try:
             # Decode the bytes just read: a second read could see a newer version.
@@ -265,15 +367,18 @@ def _cmd_show(args: argparse.Namespace) -> None:
     view = {
         "workflow_id": snapshot.workflow_id,
         "status": snapshot.status,
+        "workflow_name": snapshot.workflow_name,
         "version": version,
         "created_at": _iso(created_at),
         "updated_at": _iso(updated_at),
+        "expires_at": None if expires_at is None else _iso(expires_at),
         "stored_bytes": len(data),
         "format": fmt,
         "current_node": snapshot.current_node,
         "event": to_jsonable(snapshot.event),
         "completed_nodes": snapshot.completed_nodes,
         "interrupt": to_jsonable(snapshot.interrupt),
+        "result": to_jsonable(snapshot.result),
         "attempts": snapshot.attempts,
         "error": to_jsonable(snapshot.error),
         "history": to_jsonable(snapshot.history),
@@ -291,10 +396,53 @@ def _cmd_delete(args: argparse.Namespace) -> None:
 
 
 def _cmd_prune(args: argparse.Namespace) -> None:
+    if args.status and args.older_than is None:
+        raise CommandError(
+            "--status chooses among the records --older-than selects (expired records are"
+            " always pruned): give --older-than too"
+        )
+    cutoff = None if args.older_than is None else _cutoff(args.older_than)
     with _persistence(args.url) as persistence:
-        removed = persistence.prune(_cutoff(args.older_than))
-    age = format_age(args.older_than)
-    print(f"pruned {removed} snapshot{'s' if removed != 1 else ''} not updated for {age}")
+        if args.dry_run:
+            print(_dry_run(persistence, cutoff, args))
+            return
+        removed = persistence.prune(cutoff, status=args.status)
+    print(f"pruned {_count(removed)}{_selection(args)}")
+
+
+def _dry_run(
+    persistence: DatabasePersistence, cutoff: datetime | None, args: argparse.Namespace
+) -> str:
+    """What prune would delete: the records ``list`` finds with the same filters (it never
+    shows expired ones), plus the expired ones, counted on their own index."""
+    now = utc_now()
+    old = 0 if cutoff is None else len(persistence.list(updated_before=cutoff, status=args.status))
+    expired = _expired_count(persistence, now)
+    parts = [f"{expired} expired"]
+    if cutoff is not None:
+        parts.insert(0, f"{old}{_selection(args, expired=False)}")
+    return f"would prune {_count(old + expired)}: {', '.join(parts)} (nothing was deleted)"
+
+
+def _expired_count(persistence: DatabasePersistence, now: datetime) -> int:
+    table = persistence.table
+    query = sa.select(sa.func.count()).select_from(table).where(table.c.expires_at <= now)
+    with persistence.engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def _count(number: int) -> str:
+    return f"{number} snapshot{'s' if number != 1 else ''}"
+
+
+def _selection(args: argparse.Namespace, *, expired: bool = True) -> str:
+    """The records a prune chose, as words: `` not updated for 7d with status failed``."""
+    if args.older_than is None:
+        return " (expired)" if expired else ""
+    words = f" not updated for {format_age(args.older_than)}"
+    if args.status:
+        words += f" with status {' or '.join(args.status)}"
+    return words + (", or expired" if expired else "")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -333,15 +481,40 @@ def _parser() -> argparse.ArgumentParser:
                          help="show at most N (1 or more)")
     listing.add_argument("--older-than", type=parse_age, default=None, metavar="AGE",
                          help="only workflows not updated for AGE (7d, 12h, 30m)")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    _status_option(listing, "only workflows with this status")
+    listing.add_argument("--workflow", action="append", default=None, metavar="NAME",
+                         help="only runs of the workflow with this name (repeatable)")
+    listing.add_argument("--meta", action="append", type=meta_pair, default=[],
+                         metavar="KEY=VALUE",
+                         help="only runs whose metadata has KEY equal to VALUE (repeatable:"
+                         " all must match); VALUE is text, a whole number is an int, true and"
+                         ' false are bools, and "..." is text as written')
+    listing.add_argument("--json", action="store_true",
+                         help="print one JSON array with every listed field")
     show = command("show", "print one stored snapshot as JSON", _cmd_show)
     show.add_argument("workflow_id", metavar="ID")
     delete = command("delete", "delete one stored snapshot", _cmd_delete)
     delete.add_argument("workflow_id", metavar="ID")
-    prune = command("prune", "delete snapshots not updated for a while", _cmd_prune)
-    prune.add_argument("--older-than", type=parse_age, required=True, metavar="AGE",
-                       help="age such as 7d, 12h, 30m")
+    prune = command(
+        "prune", "delete expired snapshots, and those not updated for a while", _cmd_prune
+    )
+    prune.add_argument("--older-than", type=parse_age, default=None, metavar="AGE",
+                       help="also delete snapshots not updated for AGE, such as 7d, 12h, 30m"
+                       " (without it, only expired ones)")
+    _status_option(prune, "with --older-than: only snapshots with this status")
+    prune.add_argument("--dry-run", action="store_true",
+                       help="count what would be deleted, delete nothing")
     return parser
+
+
+def _status_option(parser: argparse.ArgumentParser, help_: str) -> None:
+    """``--status``, repeatable or comma-separated, flattened to one list (None: any)."""
+    parser.add_argument(
+        "--status", action="extend", type=_statuses, default=None, metavar="STATUS",
+        help=f"{help_}: interrupted, failed, running, completed or unknown (repeatable, or"
+        " comma-separated)",
+    )
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:

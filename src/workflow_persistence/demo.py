@@ -64,7 +64,7 @@ def manager_approval(event: RefundDrafted, state: WorkflowState) -> RefundApprov
     )
     if str(answer).strip().lower() not in ("yes", "y", "approve"):
         return StopEvent(result={"refunded": None, "reason": f"declined: {answer!r}"})
-    return RefundApproved(approver=state.metadata.get("manager", "manager"))
+    return RefundApproved(approver=state.metadata.get("assignee", "manager"))
 
 
 def issue_refund(event: RefundApproved, state: WorkflowState) -> StopEvent:
@@ -82,6 +82,7 @@ def issue_refund(event: RefundApproved, state: WorkflowState) -> StopEvent:
 def refund_workflow(url: str) -> Workflow:
     return Workflow(
         [receive_request, manager_approval, issue_refund],
+        name="refund-approval",
         persistence=DatabasePersistence(url),
     )
 
@@ -105,7 +106,7 @@ def run_demo(url: Any) -> None:
     run = workflow.start(
         {"amount": "30.00", "currency": "EUR", "customer": "ana@example.com", "order": "A-1017"},
         workflow_id=workflow_id,
-        metadata={"user": "ana", "channel": "support-portal", "manager": "maria"},
+        metadata={"user": "ana", "channel": "support-portal", "assignee": "maria"},
     )
     _say(f"   -> {run.status}: the run paused at interrupt() and was saved")
     _say()
@@ -115,7 +116,7 @@ def run_demo(url: Any) -> None:
     stored = persistence.serializer.dumps(snapshot)
     _say("2. What was saved")
     rows = [
-        ("workflow id", snapshot.workflow_id),
+        ("workflow id", f"{snapshot.workflow_id} (workflow {snapshot.workflow_name})"),
         ("status", f"{snapshot.status}, version {snapshot.version}, {len(stored)} bytes"),
         ("next node", f"{snapshot.current_node} (gets {type(snapshot.event).__name__})"),
         ("completed", " -> ".join(snapshot.completed_nodes) or "-"),
@@ -166,7 +167,7 @@ def _leave_one_waiting(workflow: Workflow) -> None:
     run = workflow.start(
         {"amount": "240.00", "currency": "EUR", "customer": "ben@example.com", "order": "B-2203"},
         workflow_id=WAITING_ID,
-        metadata={"user": "ben", "channel": "email", "manager": "maria"},
+        metadata={"user": "ben", "channel": "email", "assignee": "maria"},
     )
     _say("5. A second refund waits for its answer")
     _say(f"   -> {run.status}: {run.interrupt['question']} (risk {run.state['risk']})")

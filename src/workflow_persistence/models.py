@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, Integer, MetaData, Table, event
+from sqlalchemy import Index, Integer, MetaData, String, Table, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, mapped_column
 
 from ._autogenerate import leave_version_table_alone
-from .types import BinaryData, UTCDateTime, WorkflowIdType
+from .types import BinaryData, JsonData, UTCDateTime, WorkflowIdType
 
 __all__ = ["Base", "WorkflowInterrupt", "WorkflowInterruptMixin", "metadata"]
 
@@ -21,6 +21,15 @@ VERSION_TABLE = "workflow_persistence_alembic_version"
 def updated_at_index(table_name: str) -> Index:
     """The index on ``updated_at``, named explicitly so any naming convention agrees."""
     return Index(f"ix_{table_name}_updated_at", "updated_at")
+
+
+#: The indexes every snapshot table carries: name suffix and columns. Named explicitly
+#: (``ix_<table>_<suffix>``) so model and migrations agree under any naming convention.
+INDEXES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("updated_at", ("updated_at",)),
+    ("status_updated_at", ("status", "updated_at")),  # "what waits", newest first
+    ("expires_at", ("expires_at",)),  # prune of expired records
+)
 
 
 class WorkflowInterruptMixin:
@@ -42,6 +51,14 @@ class WorkflowInterruptMixin:
     version: Mapped[int] = mapped_column(Integer, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    # Queryable copies of what the snapshot in ``data`` holds (revision wfp_0002).
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    # Compared by exact code points, like ids (a binary collation on MySQL/MariaDB).
+    workflow_name: Mapped[str | None] = mapped_column(WorkflowIdType(), nullable=True)
+    current_node: Mapped[str | None] = mapped_column(WorkflowIdType(), nullable=True)
+    interrupt: Mapped[Any] = mapped_column(JsonData(), nullable=True)
+    run_metadata: Mapped[Any] = mapped_column(JsonData(), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     @staticmethod
     def table_args(table_name: str, **options: Any) -> tuple[Any, ...]:
@@ -58,27 +75,26 @@ class WorkflowInterruptMixin:
         )
 
 
-def _indexes_updated_at(table: Table) -> bool:
-    """Whether the table already has an index on ``updated_at`` alone (any name)."""
-    column = table.c.updated_at
-    return any(
-        len(index.expressions) == 1 and index.expressions[0] is column for index in table.indexes
-    )
+def _has_index_on(table: Table, columns: tuple[str, ...]) -> bool:
+    """Whether the table already has an index on exactly ``columns`` (any name)."""
+    wanted = [table.c[name] for name in columns]
+    return any(list(index.expressions) == wanted for index in table.indexes)
 
 
 @event.listens_for(WorkflowInterruptMixin, "after_mapper_constructed", propagate=True)
-def _add_updated_at_index(mapper: Mapper[Any], _class: type[Any]) -> None:
-    """Index ``updated_at`` on every table mapped on the mixin.
+def _add_indexes(mapper: Mapper[Any], _class: type[Any]) -> None:
+    """Add the snapshot table's indexes to every table mapped on the mixin.
 
-    The index cannot live in the mixin's ``__table_args__``: a host's own
-    ``__table_args__`` (``{"schema": "app"}``) replaces them, index and all. The table
-    exists once the mapper does, so the index is attached to it here instead.
+    They cannot live in the mixin's ``__table_args__``: a host's own ``__table_args__``
+    (``{"schema": "app"}``) replaces them, indexes and all. The table exists once the
+    mapper does, so the indexes are attached to it here instead.
     """
     table = mapper.local_table
     if not isinstance(table, Table) or "updated_at" not in table.c:
         return  # mapped to a join or select, or a subclass table of joined inheritance
-    if not _indexes_updated_at(table):
-        Index(f"ix_{table.name}_updated_at", table.c.updated_at)
+    for suffix, columns in INDEXES:
+        if all(name in table.c for name in columns) and not _has_index_on(table, columns):
+            Index(f"ix_{table.name}_{suffix}", *(table.c[name] for name in columns))
 
 
 class Base(DeclarativeBase):

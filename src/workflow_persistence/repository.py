@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast, overload
 
@@ -14,10 +14,22 @@ from sqlalchemy.orm import Mapper, Session, configure_mappers, make_transient_to
 from sqlalchemy.orm.attributes import set_committed_value
 
 from . import _operations as operations
-from ._base import Record, check_aware, check_expected_version, check_limit
+from ._base import (
+    LISTED_STATUSES,
+    ListQuery,
+    MetadataValue,
+    Record,
+    check_aware,
+    check_cursor,
+    check_expected_version,
+    check_limit,
+    check_metadata_filter,
+    check_names,
+)
+from ._columns import SnapshotColumns, columns_of
 from ._ids import check_workflow_id
 from ._operations import Cursor, DialectPlan, plan_for
-from ._snapshot import StoredSnapshotInfo
+from ._snapshot import UNKNOWN_STATUS, StoredSnapshotInfo, utc_now
 from .errors import InvalidArgumentError, PersistenceError
 from .models import WorkflowInterrupt, WorkflowInterruptMixin
 
@@ -123,20 +135,33 @@ class WorkflowInterruptRepository(Generic[ModelT]):
         data: bytes | bytearray | memoryview,
         *,
         expected_version: int | None = None,
+        columns: SnapshotColumns | None = None,
     ) -> int:
         """Create or replace the row; return its new version.
 
         With ``expected_version=N`` the row is written only if its version is N (0: only
-        if there is no row), else ConflictError is raised and nothing changes. On MySQL
-        and MariaDB the statement sets the session's ``LAST_INSERT_ID()``.
+        if there is no row), else ConflictError is raised and nothing changes. A row whose
+        ``expires_at`` has passed counts as absent: it is written over as new (version 1).
+        ``columns`` are the queryable columns (status, workflow name, node, question,
+        metadata, expiry); without them they are read from ``data`` by decoding it with
+        stand-ins for its classes (no class is imported), and status ``"unknown"`` when it
+        cannot be decoded. On MySQL and MariaDB the statement sets the session's
+        ``LAST_INSERT_ID()``.
         """
         workflow_id = check_workflow_id(workflow_id)
         expected = check_expected_version(expected_version)
         if not isinstance(data, bytes | bytearray | memoryview):
             raise InvalidArgumentError(f"data must be bytes, not {type(data).__name__}")
+        if columns is None:
+            columns = columns_from_data(data)
+        elif not isinstance(columns, SnapshotColumns):
+            raise InvalidArgumentError(
+                f"columns must be SnapshotColumns or None, not {type(columns).__name__}"
+            )
+        written = columns
         version, _ = self._run(
             lambda cursor, connection, plan: operations.save(
-                cursor, connection.connection, plan, workflow_id, data, expected
+                cursor, connection.connection, plan, workflow_id, data, expected, written
             )
         )
         self._forget(workflow_id)
@@ -150,12 +175,12 @@ class WorkflowInterruptRepository(Generic[ModelT]):
         columns hold what the library never writes raises CorruptSnapshotError.
         """
         workflow_id = check_workflow_id(workflow_id)
-        record = self._run(
+        found = self._run(
             lambda cursor, connection, plan: _read_releasing(cursor, connection, plan, workflow_id)
         )
-        if record is None:
+        if found is None:
             return None
-        data, version, created_at, updated_at = record
+        (data, version, created_at, updated_at, expires_at), columns = found
         key = self._mapper.identity_key_from_primary_key((workflow_id,))
         instance: Any = self.session.identity_map.get(key)
         fresh = instance is None
@@ -163,8 +188,12 @@ class WorkflowInterruptRepository(Generic[ModelT]):
             instance = self._mapper.class_manager.new_instance()
             set_committed_value(instance, "workflow_id", workflow_id)
         for name, value in (
-            ("data", data), ("version", version), ("created_at", created_at),
+            ("data", data),
+            ("version", version),
+            ("created_at", created_at),
             ("updated_at", updated_at),
+            ("expires_at", expires_at),
+            *columns.items(),
         ):
             set_committed_value(instance, name, value)
         if fresh:
@@ -174,32 +203,59 @@ class WorkflowInterruptRepository(Generic[ModelT]):
 
     def exists(self, workflow_id: str) -> bool:
         workflow_id = check_workflow_id(workflow_id)
+        """Whether a row that has not expired is stored."""
+        now = utc_now()
         return self._run(
-            lambda cursor, connection, plan: operations.contains(cursor, plan, workflow_id)
+            lambda cursor, connection, plan: operations.contains(cursor, plan, workflow_id, now)
         )
 
     def delete(self, workflow_id: str, *, expected_version: int | None = None) -> bool:
         """Delete the row; True if there was one. With ``expected_version=N``, only if the
-        row is at version N, else ConflictError and nothing changes."""
+        row is at version N, else ConflictError and nothing changes. An expired row counts
+        as absent (False; ``delete_older_than`` or a prune removes it)."""
         workflow_id = check_workflow_id(workflow_id)
         expected = check_expected_version(expected_version)
+        now = utc_now()
         deleted = self._run(
             lambda cursor, connection, plan: operations.remove(
-                cursor, plan, workflow_id, expected
+                cursor, plan, workflow_id, expected, now
             )
         )
         self._forget(workflow_id, expunge=True)
         return deleted
 
     def list(
-        self, *, updated_before: datetime | None = None, limit: int | None = None
+        self,
+        *,
+        status: str | Collection[str] | None = None,
+        workflow_name: str | Collection[str] | None = None,
+        metadata: Mapping[str, MetadataValue] | None = None,
+        updated_before: datetime | None = None,
+        updated_after: datetime | None = None,
+        limit: int | None = None,
+        cursor: StoredSnapshotInfo | None = None,
     ) -> builtins.list[StoredSnapshotInfo]:
-        """Rows newest first, without loading ``data``; damaged rows are left out (and
-        named in a warning on the ``workflow_persistence`` logger)."""
-        before = None if updated_before is None else check_aware(updated_before, "updated_before")
-        limit = check_limit(limit)
+        """Rows that have not expired, newest first (ties by ``workflow_id``), in one
+        SELECT that never reads ``data``; filtered as ``Persistence.list`` is. Damaged rows
+        are left out (and named in a warning on the ``workflow_persistence`` logger)."""
+        query = ListQuery(
+            statuses=check_names(status, "status", LISTED_STATUSES),
+            workflow_names=check_names(workflow_name, "workflow_name"),
+            metadata=check_metadata_filter(metadata),
+            updated_before=None
+            if updated_before is None
+            else check_aware(updated_before, "updated_before"),
+            updated_after=None
+            if updated_after is None
+            else check_aware(updated_after, "updated_after"),
+            cursor=check_cursor(cursor),
+            limit=check_limit(limit),
+            now=utc_now(),
+        )
+        if query.limit == 0:
+            return []
         return self._run(
-            lambda cursor, connection, plan: operations.infos(cursor, plan, before, limit)
+            lambda db_cursor, connection, plan: operations.infos(db_cursor, plan, query)
         )
 
     def delete_older_than(self, cutoff: datetime, *, limit: int | None = None) -> int:
@@ -234,18 +290,39 @@ class WorkflowInterruptRepository(Generic[ModelT]):
                 self.session.expire(obj)
 
 
+def columns_from_data(data: bytes | bytearray | memoryview) -> SnapshotColumns:
+    """The queryable columns of an encoded snapshot, read with stand-ins for its classes
+    (so no class named in it is imported); status "unknown" if it cannot be decoded."""
+    try:
+        snapshot = _stand_in_serializer().loads(bytes(data))
+        return columns_of(snapshot)
+    except Exception:  # signed pickle, another format, damage: nothing to read
+        return SnapshotColumns(UNKNOWN_STATUS, None, None, None, "{}", None)
+
+
+_STAND_IN: builtins.list[Any] = []
+
+
+def _stand_in_serializer() -> Any:
+    if not _STAND_IN:
+        from ._serializers import JsonSerializer
+
+        _STAND_IN.append(JsonSerializer(unknown_classes="stand-in"))
+    return _STAND_IN[0]
+
+
 def _read_releasing(
     cursor: Cursor, connection: Connection, plan: DialectPlan, workflow_id: str
-) -> Record | None:
-    """Read a record; after a large one, give the connection a fresh cursor so the old
+) -> tuple[Record, dict[str, Any]] | None:
+    """Read a row; after a large one, give the connection a fresh cursor so the old
     one's result (the whole record, held by the driver) is freed."""
-    record = operations.read(cursor, plan, workflow_id)
-    if record is not None and len(record[0]) >= operations.RELEASE_RESULT_BYTES:
+    found = operations.read_row(cursor, plan, workflow_id)
+    if found is not None and len(found[0][0]) >= operations.RELEASE_RESULT_BYTES:
         info = connection.connection.info
         if info.get(_CURSOR_KEY) is cursor:
             info[_CURSOR_KEY] = connection.connection.cursor()
             cast(Any, cursor).close()
-    return record
+    return found
 
 
 def _instrumented(connection: Connection) -> bool:

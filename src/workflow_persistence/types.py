@@ -9,11 +9,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, LargeBinary, String
+from sqlalchemy import JSON, DateTime, Dialect, LargeBinary, String
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-__all__ = ["BinaryData", "UTCDateTime", "WorkflowIdType"]
+__all__ = ["BinaryData", "JsonData", "UTCDateTime", "WorkflowIdType"]
 
 #: ``data``: LONGBLOB on MySQL/MariaDB (plain BLOB stops at 64 KiB), BYTEA, BLOB.
 BinaryData: TypeEngine[bytes] = (
@@ -87,3 +87,21 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+class JsonData(TypeDecorator[Any]):
+    """``interrupt`` and ``run_metadata``: plain JSON for display and filtering.
+
+    JSONB on PostgreSQL (containment filters, no duplicate keys), JSON elsewhere (on
+    MariaDB a LONGTEXT checked by ``json_valid``). A type of its own rather than a
+    ``with_variant``: autogenerate renders a variant of JSONB as ``astext_type=Text()``
+    without an import, so a host's generated revision would fail with a NameError.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.JSONB())
+        return dialect.type_descriptor(JSON())

@@ -159,7 +159,7 @@ def all_indexes(connection: Connection, table: str) -> dict[str, tuple[list[str]
                 " JOIN pg_namespace n ON n.oid = t.relnamespace"
                 " JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = ANY(ix.indkey)"
                 " WHERE t.relname = :table AND n.nspname = current_schema()"
-                " ORDER BY c.relname, a.attnum"
+                " ORDER BY c.relname, array_position(ix.indkey::int2[], a.attnum)"
             ),
             {"table": table},
         )
