@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import msgpack
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
@@ -69,11 +70,13 @@ def old_table() -> sa.Table:
 
 
 def envelope_v1(snapshot: WorkflowSnapshot) -> bytes:
-    """A record in the version-1 layout (15 fields), as releases before names wrote it."""
-    serializer = JsonSerializer()
+    """A record in the version-1 layout (15 fields), as releases before names wrote it:
+    plain values as they are, the two UTC datetimes as ext 5 (their pickle states)."""
     row = _serializers._envelope(snapshot)[:15]
     row[0] = 1
-    body = serializer._codec._pack_nested(row)
+    for at in (12, 13):
+        row[at] = msgpack.ExtType(5, row[at].replace(tzinfo=None).__reduce_ex__(4)[1][0])
+    body = msgpack.packb(row, use_bin_type=True)
     return _framing.frame(b"msgpack", _framing.crc_detail(body), body)
 
 

@@ -44,7 +44,7 @@ from workflow_persistence import (
     WorkflowState,
     _framing,
 )
-from workflow_persistence._codec import EXT_ARRAY, EXT_DEQUE
+from workflow_persistence._codec import EXT_ARRAY, MARK_DEQUE
 
 from . import flows
 from .samples import Money
@@ -371,12 +371,16 @@ def _record_with(value: Any) -> bytes:
     return record_of(row)
 
 
+DEQUE = msgpack.ExtType(MARK_DEQUE, b"")  # a deque is [mark, maxlen, *items]
+
+
 @pytest.mark.parametrize(
     "ext",
     [
-        msgpack.ExtType(EXT_DEQUE, msgpack.packb([1, [1, 2]])),  # more items than maxlen
-        msgpack.ExtType(EXT_DEQUE, msgpack.packb([None, "ab"])),
-        msgpack.ExtType(EXT_DEQUE, msgpack.packb([None])),
+        [DEQUE, 1, 1, 2],  # more items than maxlen
+        [DEQUE, "ab", 1],
+        [DEQUE, -1],
+        [DEQUE],
         msgpack.ExtType(EXT_ARRAY, msgpack.packb(["i", 3, b"\x00" * 6])),  # another platform
         msgpack.ExtType(EXT_ARRAY, msgpack.packb(["i", 4, b"\x00" * 6])),  # a torn item
         msgpack.ExtType(EXT_ARRAY, msgpack.packb(["Z", 4, b""])),
@@ -384,9 +388,9 @@ def _record_with(value: Any) -> bytes:
     ],
     ids=repr,
 )
-def test_damaged_native_values_are_corrupt(ext: msgpack.ExtType) -> None:
+def test_damaged_native_values_are_corrupt(ext: Any) -> None:
     ser = JsonSerializer()
-    deque = ser.loads(_record_with(msgpack.ExtType(EXT_DEQUE, msgpack.packb([2, [1, 2]]))))
+    deque = ser.loads(_record_with([DEQUE, 2, 1, 2]))
     assert same(deque.state["v"], collections.deque([1, 2], maxlen=2))  # well formed: loads
     with pytest.raises(CorruptSnapshotError):
         ser.loads(_record_with(ext))
@@ -481,7 +485,8 @@ def damaged_rows() -> list[tuple[str, list[Any]]]:
         changes.append(("history", [[*entry[:index], bad, *entry[index + 1 :]]]))
     changes.append(("history", [entry[:4]]))
     error = good[FIELDS.index("error")]
-    for index, bad in ((0, None), (1, 1), (2, b"m"), (3, ["tb"]), (4, naive), (4, aware.data)):
+    stamp = aware.to_bytes()  # UTC datetimes are MessagePack timestamps: their bytes
+    for index, bad in ((0, None), (1, 1), (2, b"m"), (3, ["tb"]), (4, naive), (4, stamp)):
         changes.append(("error", [*error[:index], bad, *error[index + 1 :]]))
     rows = []
     for name, bad in changes:

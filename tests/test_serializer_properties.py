@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
@@ -13,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgpack
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +25,7 @@ from workflow_persistence import (
     InvalidWorkflowIdError,
     JsonSerializer,
     PickleSerializer,
+    SerializationError,
     UnresolvedObject,
     WorkflowSnapshot,
     _framing,
@@ -437,13 +440,125 @@ def crafted_entries(draw: st.DrawFn) -> Any:
 def test_crafted_values_in_a_valid_envelope_load_or_are_corrupt(
     value: Any, slot: int, compressed: bool
 ) -> None:
-    row = msgpack.unpackb(VALID_BODY, strict_map_key=False, raw=False,
-                          ext_hook=msgpack.ExtType)
+    # Arrays as tuples: a tuple key is an array, which a dict key cannot be as a list.
+    row = list(msgpack.unpackb(VALID_BODY, strict_map_key=False, raw=False, use_list=False,
+                               ext_hook=msgpack.ExtType, timestamp=0))
     row[slot] = value
     body = msgpack.packb(row, use_bin_type=True)
     loaded = load_or_corrupt(frame(body, compressed))
     if loaded is not None:
         assert loaded.workflow_id == "refund-42"
+
+
+# -- nesting and container counts -------------------------------------------------------------
+
+WRAPS: dict[str, Callable[[Any], Any]] = {
+    "list": lambda v: [v],
+    "tuple": lambda v: (v,),
+    "dict": lambda v: {"k": v},
+    "object": lambda v: Money(v),  # a registered dataclass: one level, as its field is
+}
+
+
+@FAST
+@given(
+    kinds=st.sampled_from([0, 1, 7, 99, 100, 101, 102, 140]).flatmap(
+        lambda depth: st.lists(st.sampled_from(sorted(WRAPS)), min_size=depth, max_size=depth)
+    ),
+    leaf=hashable_leaves,
+)
+def test_values_up_to_max_depth_round_trip_and_deeper_ones_are_refused(
+    kinds: list[str], leaf: Any
+) -> None:
+    value = leaf
+    for kind in kinds:
+        value = WRAPS[kind](value)
+    snapshot = WorkflowSnapshot("w", state={"v": value})
+    ser = serializer()
+    if len(kinds) <= 100:
+        assert same(ser.loads(ser.dumps(snapshot)).state["v"], value)
+    else:
+        with pytest.raises(SerializationError) as info:
+            ser.dumps(snapshot)
+        assert info.value.path is not None
+        assert info.value.path.startswith("state['v']")
+
+
+# Each wraps the object that follows it, so inserted before one the body stays well formed:
+# an array, a map under a nil key, a tuple's and a stand-in's marked arrays.
+WRAPPERS = [b"\x91", b"\x81\xc0", b"\x92\xc7\x00\x20", b"\x94\xc7\x00\x23\xa3x:Y\xa5state"]
+
+
+@st.composite
+def nested_deeper(draw: st.DrawFn, body: bytes) -> bytes:
+    """``body`` with wrappers inserted, up to well beyond MessagePack's 1024 levels."""
+    out = body
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(out)))
+        levels = draw(st.sampled_from([1, 2, 97, 98, 99, 100, 101, 1021, 1022, 1023, 1030, 5000]))
+        out = out[:at] + draw(st.sampled_from(WRAPPERS)) * levels + out[at:]
+    return out
+
+
+@st.composite
+def recounted(draw: st.DrawFn, body: bytes) -> bytes:
+    """``body`` with the item count of some arrays and maps changed (or what looks like one)."""
+    out = bytearray(body)
+    headers = [i for i, b in enumerate(out) if 0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF]
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.sampled_from(headers))
+        kind = out[at]
+        if kind <= 0x9F:
+            out[at] = (kind & 0xF0) | draw(st.integers(0, 15))
+        elif kind in (0xDC, 0xDE) and at + 3 <= len(out):
+            out[at + 1 : at + 3] = draw(st.integers(0, 0xFFFF)).to_bytes(2, "big")
+        elif at + 5 <= len(out):
+            count = draw(st.sampled_from([0, 1, 15, 1 << 16, 1 << 20, 1 << 31, (1 << 32) - 1]))
+            out[at + 1 : at + 5] = count.to_bytes(4, "big")
+    return bytes(out)
+
+
+@st.composite
+def format_1_nested(
+    draw: st.DrawFn,
+    depths: tuple[int, ...] = (1, 2, 3, 50, 101, 150, 300),
+    codes: tuple[int, ...] = (1, 2, 3, 12),
+) -> bytes:
+    """A body as version 0.1 wrote it, a state value nested ext within ext."""
+    value: Any = draw(st.integers(-(2**63), 2**64 - 1))
+    for _ in range(draw(st.sampled_from(depths))):
+        code = draw(st.sampled_from(codes))
+        entry = [value] if code != 12 else [draw(st.sampled_from(["x:Y", "tests.samples:Money"])),
+                                            draw(st.sampled_from(["dataclass", "state"])), value]
+        value = msgpack.ExtType(code, msgpack.packb(entry))
+    # Envelope version 1 (15 fields) or 2 (18: workflow_name, result, expires_at added).
+    now = msgpack.ExtType(5, datetime(2026, 1, 1, tzinfo=UTC).__reduce_ex__(4)[1][0])
+    row = [1, "w", "interrupted", {"v": value}, None, None, [], None, [], {}, None, {}, now, now,
+           0]
+    if draw(st.booleans()):
+        row = [2, *row[1:], "named", None, now]
+    return bytes(msgpack.packb(row, use_bin_type=True))
+
+
+@FUZZ
+@given(data=st.data(), compressed=st.booleans())
+def test_nesting_and_counts_changed_under_a_correct_checksum_load_or_are_corrupt(
+    data: st.DataObject, compressed: bool
+) -> None:
+    body = data.draw(st.one_of(
+        nested_deeper(VALID_BODY), recounted(VALID_BODY), format_1_nested(),
+        format_1_nested().flatmap(nested_deeper), format_1_nested().flatmap(recounted),
+    ))
+    load_or_corrupt(frame(body, compressed))
+
+
+@FUZZ
+@given(body=format_1_nested(depths=(1, 2, 3, 50), codes=(1, 3)), compressed=st.booleans())
+def test_records_of_envelope_versions_1_and_2_load(body: bytes, compressed: bool) -> None:
+    # Otherwise the test above would pass for the wrong reason: tuples and frozensets of
+    # tuples and frozensets, nested as version 0.1 wrote them, always load.
+    loaded = JsonSerializer().loads(frame(body, compressed))
+    assert loaded.workflow_id == "w"
 
 
 @FUZZ

@@ -12,9 +12,12 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 from . import _framing
 from ._codec import (
+    CollidingHashes,
+    NestedTooDeeply,
     UnknownClassPolicy,
     UnresolvedObject,
     ValueCodec,
+    check_max_depth,
     dict_children,
     exception_text,
     key_text,
@@ -29,10 +32,22 @@ __all__ = ["JsonSerializer", "PickleSerializer", "Serializer"]
 _FMT_MSGPACK = b"msgpack"
 _FMT_MSGPACK_ZLIB = b"msgpack+zlib"
 _FMT_PICKLE = b"pickle"
-_ENVELOPE_VERSION = 2  # 2 added workflow_name, result and expires_at to version 1's fields
+# 3: values inside values are flat arrays (format 2 of _codec); 2 added workflow_name,
+# result and expires_at to version 1's fields. Versions 1 and 2 hold nested payloads.
+_ENVELOPE_VERSION = 3
+_ENVELOPE_VERSIONS = (2, 3)  # of _ENVELOPE_LENGTH fields
 _ENVELOPE_LENGTH = 18
 _ENVELOPE_V1_LENGTH = 15
+_FLAT_BODY = b"\xdc\x00\x12\x03"  # a version 3 body: an array of 18 items, the first 3
 _DEFAULT_MAX_DECODED = 1 << 30  # 1 GiB: PostgreSQL's bytea holds no more
+_DEFAULT_MAX_DEPTH = 100
+_ENVELOPE_LEVELS = 2  # the envelope array, and the state dict holding a value
+# A compressed body may inflate at most this much (plus an allowance for small ones): read,
+# one byte of MessagePack can take up to 72 bytes of memory (an empty list and its place in
+# the array holding it), so an archive of a million empty lists would otherwise take
+# gigabytes. Six times keeps a record of 1 MiB within 440 MiB; text compresses less.
+_MAX_INFLATION = 6
+_INFLATION_ALLOWANCE = 64 << 10
 
 
 @runtime_checkable
@@ -57,7 +72,15 @@ class JsonSerializer:
     unregistered class instead of raising (how the command line shows any snapshot).
     Bodies of at least ``compress_threshold`` bytes (1 MiB) are zlib-compressed when a
     sample shows it pays (a quarter smaller or better): large snapshots then take about a
-    sixth of the storage and network. ``None`` turns compression off.
+    sixth of the storage and network. ``None`` turns compression off. A body that would
+    inflate more than six times is stored as it is: ``loads`` refuses to inflate one that
+    claims more, so a small record can never expand into gigabytes.
+
+    Values may nest ``max_depth`` (1 to 400, default 100) levels below a snapshot's fields
+    (``state['a'][0]`` is two levels down; an object counts one level, its fields one
+    more; an interrupt's payload and answer, kept in the history, two more): deeper values
+    are refused by ``dumps`` and deeper records by ``loads``, so whatever one saves, the
+    other loads, in any thread. Reading never takes memory out of proportion to the record.
     """
 
     def __init__(
@@ -68,10 +91,14 @@ class JsonSerializer:
         compress_threshold: int | None = 1 << 20,
         compress_level: int = 1,
         max_decoded_size: int = _DEFAULT_MAX_DECODED,
+        max_depth: int = _DEFAULT_MAX_DEPTH,
     ) -> None:
         if compress_threshold is not None and compress_threshold < 0:
             raise ValueError("compress_threshold must be a size in bytes or None")
-        self._codec = ValueCodec((Event, StartEvent, StopEvent), unknown_classes=unknown_classes)
+        self.max_depth = check_max_depth(max_depth)
+        self._codec = ValueCodec(
+            (Event, StartEvent, StopEvent), unknown_classes=unknown_classes, max_depth=max_depth
+        )
         self._codec.register(*types)
         self.compress_threshold = compress_threshold
         self.compress_level = compress_level
@@ -89,16 +116,33 @@ class JsonSerializer:
     def dumps(self, snapshot: WorkflowSnapshot) -> bytes:
         row = _envelope(snapshot)
         try:
-            body: bytes = self._codec._pack_nested(row)
+            body = self._codec.pack(row, self.max_depth + _ENVELOPE_LEVELS)
+        except (NestedTooDeeply, CollidingHashes) as exc:
+            raise self._explain_limit(snapshot, row, exc) from exc
         except Exception as exc:  # a registered class's own code may raise anything
             raise self._explain(snapshot, row, exc) from exc
         threshold = self.compress_threshold
         if threshold is not None and len(body) >= threshold and _compresses_well(body):
             packed = zlib.compress(body, self.compress_level)
-            if len(packed) < len(body):
+            # What loads would refuse as an inflating archive is stored as it is.
+            if len(packed) < len(body) and len(body) <= _inflation_limit(len(packed)):
                 detail = b"%s:%d" % (_framing.crc_detail(packed), len(body))
                 return _framing.frame(_FMT_MSGPACK_ZLIB, detail, packed)
         return _framing.frame(_FMT_MSGPACK, _framing.crc_detail(body), body)
+
+    def _explain_limit(
+        self, snapshot: WorkflowSnapshot, row: list[Any], exc: BaseException
+    ) -> SerializationError:
+        parts = [
+            # A history entry's parts sit two levels further down: in the list, in the entry.
+            (path, value, self.max_depth - (2 if path.startswith("history[") else 0))
+            for path, value in _envelope_parts(snapshot, row)
+        ]
+        found = self._codec.find_beyond_limits(parts)
+        if found is None:
+            return SerializationError(f"cannot serialize the snapshot: {exc}")
+        where, reason = found
+        return SerializationError(f"cannot serialize {where}: {reason}", path=where)
 
     def _explain(
         self, snapshot: WorkflowSnapshot, row: list[Any], exc: BaseException
@@ -114,6 +158,7 @@ class JsonSerializer:
 
     def loads(self, data: bytes) -> WorkflowSnapshot:
         fmt, detail, body = _framing.unframe(data)
+        inflated = False
         if fmt == _FMT_MSGPACK:
             _framing.check_crc(detail, body)
             raw: bytes | memoryview = body
@@ -121,6 +166,7 @@ class JsonSerializer:
             crc, _, size = detail.partition(b":")
             _framing.check_crc(crc, body)
             raw = self._decompress(size, body)
+            inflated = True
         elif fmt == _FMT_PICKLE:
             raise CorruptSnapshotError(
                 "this record was written by PickleSerializer; load it with"
@@ -132,7 +178,12 @@ class JsonSerializer:
                 " which JsonSerializer does not read"
             )
         try:
-            return _from_row(self._codec.unpack(raw))
+            levels = self.max_depth + _ENVELOPE_LEVELS
+            if raw[:4] == _FLAT_BODY:
+                row = self._codec.unpack(raw, levels)
+            else:  # envelope version 1 or 2 (values held nested payloads), or damaged
+                row = self._codec.unpack_legacy(raw, levels, inflated=inflated)
+            return _from_row(row)
         except CorruptSnapshotError:
             raise
         except Exception as exc:
@@ -145,6 +196,11 @@ class JsonSerializer:
         if size > self.max_decoded_size:
             raise CorruptSnapshotError(
                 f"record claims {size} decoded bytes, more than max_decoded_size"
+            )
+        if size > _inflation_limit(len(body)):
+            raise CorruptSnapshotError(
+                f"record claims {size} decoded bytes from {len(body)} compressed ones, more"
+                f" than {_MAX_INFLATION} times as many, which JsonSerializer never writes"
             )
         inflater = zlib.decompressobj()
         try:
@@ -209,6 +265,10 @@ class PickleSerializer:
         except PersistenceError as exc:
             raise CorruptSnapshotError(f"signed record holds a damaged snapshot: {exc}") from exc
         return snapshot
+
+
+def _inflation_limit(compressed: int) -> int:
+    return _MAX_INFLATION * compressed + _INFLATION_ALLOWANCE
 
 
 _SAMPLE = 64 * 1024
@@ -431,7 +491,11 @@ def _envelope_parts(s: WorkflowSnapshot, row: list[Any]) -> Iterator[tuple[str, 
 
 
 def _from_row(row: Any) -> WorkflowSnapshot:
-    if type(row) is not list or len(row) != _ENVELOPE_LENGTH or row[0] != _ENVELOPE_VERSION:
+    if (
+        type(row) is not list
+        or len(row) != _ENVELOPE_LENGTH
+        or row[0] not in _ENVELOPE_VERSIONS
+    ):
         if type(row) is list and len(row) == _ENVELOPE_V1_LENGTH and row[0] == 1:
             row = [*row, None, None, None]  # written before runs had names and results
         else:
