@@ -60,6 +60,34 @@ class ListQuery:
     limit: int | None
     now: datetime
 
+    @classmethod
+    def checked(
+        cls,
+        *,
+        status: object = None,
+        workflow_name: object = None,
+        metadata: object = None,
+        updated_before: object = None,
+        updated_after: object = None,
+        limit: object = None,
+        cursor: object = None,
+    ) -> ListQuery:
+        """The query of ``list``'s arguments, each checked before any I/O."""
+        return cls(
+            statuses=check_names(status, "status", LISTED_STATUSES),
+            workflow_names=check_names(workflow_name, "workflow_name"),
+            metadata=check_metadata_filter(metadata),
+            updated_before=None
+            if updated_before is None
+            else check_aware(updated_before, "updated_before"),
+            updated_after=None
+            if updated_after is None
+            else check_aware(updated_after, "updated_after"),
+            cursor=check_cursor(cursor),
+            limit=check_limit(limit),
+            now=utc_now(),
+        )
+
     def matches(self, info: StoredSnapshotInfo) -> bool:
         """Whether ``info`` is listed (for backends that filter in Python)."""
         if info.expires_at is not None and info.expires_at <= self.now:
@@ -342,19 +370,14 @@ class RecordPersistence(Persistence):
         limit: int | None = None,
         cursor: StoredSnapshotInfo | None = None,
     ) -> builtins.list[StoredSnapshotInfo]:
-        query = ListQuery(
-            statuses=check_names(status, "status", LISTED_STATUSES),
-            workflow_names=check_names(workflow_name, "workflow_name"),
-            metadata=check_metadata_filter(metadata),
-            updated_before=None
-            if updated_before is None
-            else check_aware(updated_before, "updated_before"),
-            updated_after=None
-            if updated_after is None
-            else check_aware(updated_after, "updated_after"),
-            cursor=check_cursor(cursor),
-            limit=check_limit(limit),
-            now=utc_now(),
+        query = ListQuery.checked(
+            status=status,
+            workflow_name=workflow_name,
+            metadata=metadata,
+            updated_before=updated_before,
+            updated_after=updated_after,
+            limit=limit,
+            cursor=cursor,
         )
         return self._infos(query)
 

@@ -15,16 +15,11 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from . import _operations as operations
 from ._base import (
-    LISTED_STATUSES,
     ListQuery,
     MetadataValue,
     Record,
     check_aware,
-    check_cursor,
     check_expected_version,
-    check_limit,
-    check_metadata_filter,
-    check_names,
 )
 from ._columns import SnapshotColumns, columns_of
 from ._ids import check_workflow_id
@@ -238,19 +233,14 @@ class WorkflowInterruptRepository(Generic[ModelT]):
         """Rows that have not expired, newest first (ties by ``workflow_id``), in one
         SELECT that never reads ``data``; filtered as ``Persistence.list`` is. Damaged rows
         are left out (and named in a warning on the ``workflow_persistence`` logger)."""
-        query = ListQuery(
-            statuses=check_names(status, "status", LISTED_STATUSES),
-            workflow_names=check_names(workflow_name, "workflow_name"),
-            metadata=check_metadata_filter(metadata),
-            updated_before=None
-            if updated_before is None
-            else check_aware(updated_before, "updated_before"),
-            updated_after=None
-            if updated_after is None
-            else check_aware(updated_after, "updated_after"),
-            cursor=check_cursor(cursor),
-            limit=check_limit(limit),
-            now=utc_now(),
+        query = ListQuery.checked(
+            status=status,
+            workflow_name=workflow_name,
+            metadata=metadata,
+            updated_before=updated_before,
+            updated_after=updated_after,
+            limit=limit,
+            cursor=cursor,
         )
         if query.limit == 0:
             return []
