@@ -24,7 +24,9 @@ from .hostapp.support import REPO_ROOT, run
 
 pytestmark = pytest.mark.slow
 
-REVISION_FILE = "wfp_0001_create_workflow_interrupts.py"
+REVISION_FILES = ["wfp_0001_create_workflow_interrupts.py", "wfp_0002_queryable_columns.py"]
+REVISION_FILE = REVISION_FILES[0]
+HEAD = "wfp_0002"
 TABLE = "workflow_interrupts"
 VERSION_TABLE = "workflow_persistence_alembic_version"
 
@@ -159,10 +161,10 @@ def test_the_installed_package_works_from_site_packages(
     assert facts["all_resolves"] == []
     assert Path(facts["script_location"]) == purelib / "workflow_persistence" / "_migrations"
     assert Path(facts["versions_dir"]).is_relative_to(purelib)
-    assert facts["revision_files"] == [REVISION_FILE]
+    assert facts["revision_files"] == REVISION_FILES
     assert facts["env_py"] is True
     assert tables(db_file) == {TABLE, VERSION_TABLE}
-    assert facts["heads_newline"] == ["wfp_0001"]
+    assert facts["heads_newline"] == [HEAD]
     assert facts["heads_os"] == []
 
 
@@ -177,5 +179,5 @@ def test_the_console_script_migrates(installed: Installed, tmp_path: Path) -> No
     run(command, cwd=tmp_path)  # migrate can run twice
     with sqlite3.connect(db_file) as connection:
         assert connection.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall() == [
-            ("wfp_0001",)
+            (HEAD,)
         ]

@@ -115,13 +115,16 @@ def test_urls_without_a_driver_use_the_extras_drivers() -> None:
 def test_close_hands_connections_back_and_stays_usable(engine: Engine) -> None:
     store = DatabasePersistence(engine)
     store.save(WorkflowSnapshot("w"))
-    assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]  # kept leased
+    own = store._leases.pool
+    assert own is not engine.pool
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]  # the app's: untouched
+    assert own.checkedout() == 1  # type: ignore[attr-defined]  # the library's: kept leased
     store.close()
-    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert own.checkedout() == 0  # type: ignore[attr-defined]
     assert store.load("w").version == 1
     store.close()
     store.close()  # closing twice is harmless
-    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert store._leases.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
 def test_concurrent_compare_and_set_has_one_winner(store: DatabasePersistence) -> None:
@@ -426,7 +429,7 @@ def test_an_engine_on_a_singleton_thread_pool_works() -> None:
 
 def test_leases_idle_too_long_go_back_to_the_pool(store: DatabasePersistence,
                                                    engine: Engine) -> None:
-    from workflow_persistence import _database
+    from workflow_persistence import _leases
 
     barrier = threading.Barrier(3)
 
@@ -442,8 +445,8 @@ def test_leases_idle_too_long_go_back_to_the_pool(store: DatabasePersistence,
     assert len(store._leases.idle) >= 1
     # Age every idle lease past the limit; the next release sweeps the stale ones back.
     store._leases.idle = [
-        (lease, since - _database.IDLE_RETURN_SECONDS - 1) for lease, since in store._leases.idle
+        (lease, since - _leases.IDLE_RETURN_SECONDS - 1) for lease, since in store._leases.idle
     ]
     store.exists("x")
     assert len(store._leases.idle) == 1  # only the lease just used stays
-    assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+    assert store._leases.pool.checkedout() == 1  # type: ignore[attr-defined]

@@ -2,34 +2,38 @@
 
 Each call is one statement in autocommit mode (prune: one per batch): a single statement
 is atomic on its own, so one round trip does what BEGIN / statement / COMMIT would do in
-three. The statements
-and the code running them are the repository's (``_operations``), compiled once per
-engine and run on the DBAPI connection of SQLAlchemy's pool. Between calls, connections
-stay leased (checked out, in autocommit) so a call does not pay a pool checkout; one left
-idle for a while goes back to the pool, whose pre-ping and recycling then apply as usual.
+three. The statements and the code running them are the repository's (``_operations``),
+compiled once per engine and run on a connection the library keeps leased between calls
+(``_leases``: from a pool of its own, never the app's). Every call is bounded by the
+persistence's ``timeout`` (``_deadlines``).
 """
 
 from __future__ import annotations
 
 import builtins
+import math
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import sessionmaker
-from sqlalchemy.pool import PoolProxiedConnection, SingletonThreadPool, StaticPool
+from sqlalchemy.pool import StaticPool
 
+from . import _mysql
 from . import _operations as operations
 from ._base import ListQuery, PruneQuery, Record, RecordPersistence
 from ._columns import SnapshotColumns
+from ._deadlines import CONNECT_SECONDS, WATCHDOG, server_bound
+from ._leases import Lease, Leases, leases_beside
 from ._operations import PRUNE_BATCH, DialectPlan, plan_for
 from ._serializers import Serializer
 from ._snapshot import StoredSnapshotInfo
@@ -40,11 +44,10 @@ from .errors import (
 )
 from .models import WorkflowInterrupt, WorkflowInterruptMixin
 
-__all__ = ["DatabasePersistence", "make_engine"]
+__all__ = ["DEFAULT_TIMEOUT_SECONDS", "DatabasePersistence", "make_engine"]
 
-#: A leased connection idle longer than this goes back to the pool (seconds).
-IDLE_RETURN_SECONDS = 30.0
-CONNECT_TIMEOUT_SECONDS = 5
+DEFAULT_TIMEOUT_SECONDS = 30.0
+CONNECT_TIMEOUT_SECONDS = CONNECT_SECONDS
 #: PyMySQL reads after the handshake; above InnoDB's default 50 s lock wait.
 MYSQL_READ_TIMEOUT_SECONDS = 60.0
 _POSTGRESQL_KEEPALIVE = {
@@ -55,13 +58,15 @@ _POSTGRESQL_KEEPALIVE = {
     "tcp_user_timeout": 60_000,  # ms: unacknowledged data this long means the peer is gone
 }
 _DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql"}
+_TABLE_SETUP = threading.Lock()
 
 
-def make_engine(url: str | URL, **options: Any) -> Engine:
+def make_engine(url: str | URL, *, timeout: float | None = None, **options: Any) -> Engine:
     """An Engine for ``url`` with the settings the library relies on.
 
     A URL without a driver gets the one the extras install (``postgresql://`` means
-    psycopg 3, ``mysql://`` PyMySQL); connecting gives up after a few seconds; pooled
+    psycopg 3, ``mysql://`` PyMySQL); connecting gives up after a few seconds (sooner
+    with a shorter ``timeout``, which also bounds waiting for the pool); pooled
     connections are pinged before reuse; a SQLite file is switched to write-ahead
     logging; in-memory SQLite is one connection shared by all threads.
     """
@@ -74,6 +79,9 @@ def make_engine(url: str | URL, **options: Any) -> Engine:
         parsed = parsed.set(drivername=f"{backend}+{_DEFAULT_DRIVERS[backend]}")
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     connect_args: dict[str, Any] = {}
+    connect_timeout = CONNECT_TIMEOUT_SECONDS
+    if timeout is not None:
+        connect_timeout = max(1, min(connect_timeout, math.ceil(timeout)))
     sqlite_file = False
     if backend == "sqlite":
         if parsed.database in (None, "", ":memory:"):
@@ -83,7 +91,7 @@ def make_engine(url: str | URL, **options: Any) -> Engine:
             sqlite_file = True
     elif backend in ("postgresql", "mysql", "mariadb"):
         if "connect_timeout" not in parsed.query:
-            connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+            connect_args["connect_timeout"] = connect_timeout
         if backend == "postgresql":
             # psycopg has no read timeout: let TCP find a peer that vanished (no reset, as
             # when a server fails over) in about a minute instead of fifteen.
@@ -97,16 +105,20 @@ def make_engine(url: str | URL, **options: Any) -> Engine:
     if bound_handshake:
         # PyMySQL's connect_timeout covers only the TCP connect; a peer that accepts and
         # never greets would hang the handshake, which is read under read_timeout.
-        connect_args["read_timeout"] = CONNECT_TIMEOUT_SECONDS
+        connect_args["read_timeout"] = connect_timeout
     if connect_args:
         kwargs["connect_args"] = connect_args
+    if timeout is not None and "poolclass" not in kwargs:  # StaticPool never waits
+        kwargs["pool_timeout"] = timeout
     kwargs.update(options)
     try:
         engine = create_engine(parsed, **kwargs)
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
         raise InvalidArgumentError(f"cannot use database URL {parsed!r}: {exc}") from exc
     if bound_handshake:
-        event.listen(engine, "connect", _widen_pymysql_read_timeout)
+        # A backstop only: the deadline of a call ends its wait first.
+        widened = max(MYSQL_READ_TIMEOUT_SECONDS, (timeout or 0) + CONNECT_TIMEOUT_SECONDS)
+        event.listen(engine, "connect", partial(_widen_pymysql_read_timeout, seconds=widened))
     if sqlite_file:
         event.listen(engine, "connect", _use_write_ahead_log)
     return engine
@@ -120,16 +132,17 @@ def _use_write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("PRAGMA journal_mode=WAL")
 
 
-def _widen_pymysql_read_timeout(dbapi_connection: Any, _record: Any) -> None:
+def _widen_pymysql_read_timeout(dbapi_connection: Any, _record: Any, *, seconds: float) -> None:
     """After the handshake, give statements (and lock waits) a longer read timeout."""
     if hasattr(dbapi_connection, "_read_timeout"):
-        dbapi_connection._read_timeout = MYSQL_READ_TIMEOUT_SECONDS
+        dbapi_connection._read_timeout = seconds
 
 
-def _engine_of(bind: object) -> tuple[Engine, bool]:
+def _engine_of(bind: object, timeout: float) -> tuple[Engine, bool]:
     """``(engine, owned)`` for a URL, an Engine or a sessionmaker."""
     if isinstance(bind, str | URL):
-        return make_engine(bind), True
+        # Pinging is the leases' job: they do it within the call's deadline.
+        return make_engine(bind, timeout=timeout, pool_pre_ping=False), True
     if isinstance(bind, Engine):
         return bind, False
     if isinstance(bind, sessionmaker):
@@ -144,145 +157,18 @@ def _engine_of(bind: object) -> tuple[Engine, bool]:
     )
 
 
-class _Lease:
-    """A pooled connection in autocommit, with the cursor its calls reuse."""
-
-    __slots__ = ("conn", "cursor")
-
-    def __init__(self, conn: PoolProxiedConnection) -> None:
-        self.conn = conn
-        self.cursor: Any = conn.cursor()  # a new cursor per call would cost ~15 µs
-
-    def fresh_cursor(self) -> None:
-        """Drop the cursor, and the last result it holds, for a new one."""
-        self.cursor.close()
-        self.cursor = self.conn.cursor()
-
-
-class _Leases:
-    """Pooled connections kept checked out, in autocommit, between calls.
-
-    ``list.append`` and ``list.pop`` are atomic, so threads share the list without a
-    lock; a connection is only ever used by the thread that popped it.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.idle: list[tuple[_Lease, float]] = []
-        pool = engine.pool
-        size = getattr(pool, "size", None)
-        size = size() if callable(size) else size
-        # A SingletonThreadPool's connections belong to their threads: never share one.
-        self.max_idle = 0 if isinstance(pool, SingletonThreadPool) else max(int(size or 5), 1)
-        # A StaticPool has one connection for every thread: take turns on it.
-        self.serial: threading.Lock | None = (
-            threading.Lock() if isinstance(pool, StaticPool) else None
-        )
-        self._sweeping = threading.Lock()
-        self.pid = os.getpid()
-
-    def acquire(self) -> _Lease:
-        idle = self.idle
-        now = time.monotonic()
-        while idle:
-            try:
-                lease, since = idle.pop()
-            except IndexError:
-                break
-            if now - since < IDLE_RETURN_SECONDS:
-                return lease
-            self.give_back(lease)
-        return self.checkout()
-
-    def checkout(self) -> _Lease:
-        try:
-            conn = self.engine.raw_connection()
-        except (sa_exc.SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error, OSError) as exc:
-            # raw_connection() hands over the driver's own exception, unwrapped.
-            raise StorageUnavailableError(
-                f"cannot connect to the database {self.engine.url!r}: {operations.first_line(exc)}"
-            ) from exc
-        try:
-            dbapi_connection = conn.dbapi_connection
-            if dbapi_connection is None:
-                raise RuntimeError("the pool handed out a closed connection")
-            self.engine.dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
-            return _Lease(conn)
-        except Exception as exc:
-            conn.invalidate(exc)
-            conn.close()
-            raise StorageUnavailableError(f"cannot configure the connection: {exc}") from exc
-
-    def release(self, lease: _Lease) -> None:
-        idle = self.idle
-        now = time.monotonic()
-        if len(idle) < self.max_idle:
-            idle.append((lease, now))
-        else:
-            self.give_back(lease)
-        # The stack is used from its top: leases at the bottom can sit idle for good, out
-        # of the pool's reach (its recycling, pre-ping, other users). Return stale ones.
-        try:
-            oldest = idle[0][1]
-        except IndexError:  # emptied by another thread meanwhile
-            return
-        if now - oldest >= IDLE_RETURN_SECONDS and self._sweeping.acquire(False):
-            try:
-                self._sweep(now)
-            finally:
-                self._sweeping.release()
-
-    def _sweep(self, now: float) -> None:
-        idle = self.idle
-        while True:  # other threads pop and push meanwhile: every step may find it changed
-            try:
-                if now - idle[0][1] < IDLE_RETURN_SECONDS:
-                    return
-                lease, since = idle.pop(0)
-            except IndexError:
-                return
-            if now - since >= IDLE_RETURN_SECONDS:
-                self.give_back(lease)
-            else:  # another thread changed the stack meanwhile: keep this one
-                idle.append((lease, since))
-                return
-
-    def give_back(self, lease: _Lease) -> None:
-        """Return a connection to SQLAlchemy's pool, as the pool handed it out."""
-        conn = lease.conn
-        try:
-            lease.cursor.close()
-            if conn.dbapi_connection is not None:
-                self.engine.dialect.reset_isolation_level(conn.dbapi_connection)
-        except Exception as exc:
-            conn.invalidate(exc)
-        conn.close()
-
-    def discard(self, lease: _Lease, exc: BaseException) -> None:
-        lease.conn.invalidate(exc if isinstance(exc, Exception) else None)
-        lease.conn.close()
-
-    def close(self) -> None:
-        while self.idle:
-            try:
-                lease, _ = self.idle.pop()
-            except IndexError:
-                break
-            self.give_back(lease)
-
-
-#: Connections a forked child inherited and must neither use nor close.
-_abandoned: builtins.list[Any] = []
-
-
 class DatabasePersistence(RecordPersistence):
     """Stores snapshots in a SQL table: SQLite, PostgreSQL, MySQL or MariaDB.
 
     ``bind`` is a URL, an Engine or a sessionmaker. The table is created on first use
     through the packaged Alembic migrations (so the database is stamped), unless
     ``create_table=False``; an existing table is used as it is. ``model`` may name a
-    host app's class built on ``WorkflowInterruptMixin``. Thread-safe; call
-    :meth:`close` (or use it as a context manager) to hand its connections back.
+    host app's class built on ``WorkflowInterruptMixin``. Every call returns or raises
+    within about ``timeout`` seconds. Thread-safe; call :meth:`close` (or use it as a
+    context manager) to close the connections it holds.
+
+    With an Engine, the library works on a pool of its own beside the Engine's (same
+    connection settings, events and size), so the app's pool is never drawn on.
     """
 
     def __init__(
@@ -292,40 +178,53 @@ class DatabasePersistence(RecordPersistence):
         serializer: Serializer | None = None,
         create_table: bool = True,
         model: type[WorkflowInterruptMixin] = WorkflowInterrupt,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
         super().__init__(serializer)
-        self.engine, self._owns_engine = _engine_of(bind)
+        self.timeout = _checked_timeout(timeout)
+        self.engine, self._owns_engine = _engine_of(bind, self.timeout)
         self.model = model
         self.table: Table = model.__table__  # type: ignore[attr-defined]
         self.create_table = create_table
         self._plan: DialectPlan | None = None
         self._init_lock = threading.Lock()
-        self._leases = _Leases(self.engine)
+        if self._owns_engine:
+            engine = self.engine
+            self._leases = Leases(engine.pool, engine.dialect, engine.url, exclusive=True)
+        else:
+            self._leases = leases_beside(self.engine)
+        self._leases.attach()
+        #: What the server enforces on the library's sessions (None: not ours to set).
+        self._bound = server_bound(self.timeout) if self._leases.exclusive else None
         self._finalizer = weakref.finalize(
-            self, _shutdown, self._leases, self.engine if self._owns_engine else None
+            self, _release_all, self._leases, self.engine if self._owns_engine else None
         )
 
     def _after_fork(self) -> None:
-        # The child must neither use nor close the parent's connections: using one would
-        # change the parent's server session (autocommit, for one), closing one would end
-        # it. Leased ones stay referenced and forgotten; the engine gets a fresh pool
-        # without closing the old one (SQLAlchemy's dispose(close=False) recipe for fork).
+        # The child must neither use nor close the parent's connections (see
+        # Leases.after_fork); an engine of our own gets a fresh pool without closing the
+        # old one (SQLAlchemy's dispose(close=False) recipe for fork).
         self._init_lock = threading.Lock()
-        leases = self._leases
-        _abandoned.extend(leases.idle)
-        leases.idle = []
-        leases.pid = os.getpid()
-        leases._sweeping = threading.Lock()
-        if leases.serial is not None:
-            leases.serial = threading.Lock()
-        self.engine.dispose(close=False)
+        if self._owns_engine and self._leases.pid != os.getpid():
+            self.engine.dispose(close=False)
+            self._leases.after_fork(self.engine.pool)
+        else:
+            self._leases.after_fork()
 
     def close(self) -> None:
-        """Return leased connections to the pool (and dispose an engine made from a URL).
+        """Close the connections it holds (and dispose an engine made from a URL).
 
-        The persistence stays usable: a later call leases connections again.
+        The persistence stays usable: a later call opens connections again.
         """
-        _shutdown(self._leases, self.engine if self._owns_engine else None)
+        leases = self._leases
+        if leases.pid != os.getpid():
+            return
+        if self._owns_engine:
+            leases.close()
+            self.engine.dispose()
+            leases.pool = self.engine.pool
+        else:
+            leases.renew_pool()
 
     def __enter__(self) -> DatabasePersistence:
         return self
@@ -338,35 +237,58 @@ class DatabasePersistence(RecordPersistence):
 
     # -- preparing ----------------------------------------------------------------------
 
-    def _prepare(self) -> DialectPlan:
-        with self._init_lock:
+    def _prepare(self, deadline: float | None = None) -> DialectPlan:
+        """First use: the table checked (or created) and the statements compiled."""
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
+        if not self._init_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise StorageUnavailableError(
+                f"the table {self.table.name!r} was still being prepared by another thread"
+                f" after {self.timeout:g} s; retry"
+            )
+        try:
             if self._plan is None:
                 if self.create_table:
-                    self._ensure_table()
+                    self._ensure_table(deadline)
                 if self.engine.dialect.server_version_info is None:
                     # MySQL's statements depend on the server: connect before compiling.
-                    self._leases.release(self._leases.checkout())
+                    self._leases.release(self._leases.acquire(deadline, self._bound), deadline)
                 self._plan = plan_for(self.table, self.engine.dialect)
             return self._plan
+        finally:
+            self._init_lock.release()
 
-    def _ensure_table(self) -> None:
+    def _ensure_table(self, deadline: float) -> None:
+        # One at a time in a process: Alembic's context is global, so two threads
+        # running the migrations at once break each other.
+        if not _TABLE_SETUP.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise StorageUnavailableError(
+                f"another thread was still creating a table after {self.timeout:g} s; retry"
+            )
         try:
-            if inspect(self.engine).has_table(self.table.name, schema=self.table.schema):
-                from .migrations import require_run_columns
+            self._ensure_table_once(deadline)
+        finally:
+            _TABLE_SETUP.release()
 
-                require_run_columns(self.engine, self.table)  # never upgraded behind the app
+    def _ensure_table_once(self, deadline: float) -> None:
+        try:
+            if self._table_exists(deadline):
                 return
             if self.model is WorkflowInterrupt:
                 from .migrations import upgrade
 
                 try:
-                    upgrade(self.engine)
+                    with self._setup_connection(deadline) as conn, conn.begin():
+                        upgrade(conn)
+                except StorageUnavailableError:
+                    raise
                 except Exception:
                     # Another process may have created it at the same moment.
-                    if not inspect(self.engine).has_table(self.table.name):
+                    if not self._table_exists(deadline):
                         raise
             else:
-                self.table.create(self.engine, checkfirst=True)
+                with self._setup_connection(deadline) as conn, conn.begin():
+                    self.table.create(conn, checkfirst=True)
         except (sa_exc.OperationalError, sa_exc.TimeoutError) as exc:
             raise StorageUnavailableError(
                 f"cannot reach the database {self.engine.url!r}: {operations.first_line(exc)}"
@@ -376,69 +298,146 @@ class DatabasePersistence(RecordPersistence):
                 f"cannot create the table {self.table.name!r}: {operations.first_line(exc)}"
             ) from exc
 
+    def _table_exists(self, deadline: float) -> bool:
+        """Whether the table exists; one that predates revision wfp_0002 is an error, as
+        it is never upgraded behind the app's back."""
+        with self._setup_connection(deadline) as conn:
+            if not inspect(conn).has_table(self.table.name, schema=self.table.schema):
+                return False
+            from .migrations import require_run_columns
+
+            require_run_columns(conn, self.table)
+            return True
+
+    @contextmanager
+    def _setup_connection(self, deadline: float) -> Iterator[Connection]:
+        """A connection for checking or creating the table, within the deadline."""
+        if self._leases.exclusive:
+            with self._leases.connection(deadline, self._bound) as conn:
+                yield conn
+        else:  # in-memory SQLite: its database lives in the app's connection
+            with self.engine.connect() as conn:
+                yield conn
+
     # -- running one statement ----------------------------------------------------------
 
-    def _run(self, fn: Callable[[_Lease, DialectPlan], Any], *, read_only: bool = False) -> Any:
-        """Run ``fn(lease, plan)`` on a leased connection in autocommit.
+    def _run(
+        self,
+        fn: Callable[[Lease, DialectPlan], Any],
+        *,
+        read_only: bool = False,
+        deadline: float | None = None,
+    ) -> Any:
+        """Run ``fn(lease, plan)`` on a leased connection in autocommit, by the deadline.
 
         A read that finds its leased connection dead (the server restarted, or closed
         an idle session) is retried once on a fresh one; a write is not, because whether
         it reached the server before the connection broke cannot be known.
         """
-        plan = self._plan or self._prepare()
-        leases = self._leases
-        if leases.serial is not None:  # one connection for all threads (in-memory SQLite)
-            with leases.serial:
-                return self._run_leased(fn, plan, read_only)
-        return self._run_leased(fn, plan, read_only)
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + self.timeout
+        plan = self._plan or self._prepare(deadline)
+        serial = self._leases.serial
+        if serial is None:
+            return self._run_leased(fn, plan, read_only, deadline, now)
+        # One connection for all threads (in-memory SQLite): take turns.
+        if not serial.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise StorageUnavailableError(
+                f"the database connection stayed busy for {self.timeout:g} s; retry"
+            )
+        try:
+            return self._run_leased(fn, plan, read_only, deadline)
+        finally:
+            serial.release()
 
     def _run_leased(
-        self, fn: Callable[[_Lease, DialectPlan], Any], plan: DialectPlan, read_only: bool
+        self,
+        fn: Callable[[Lease, DialectPlan], Any],
+        plan: DialectPlan,
+        read_only: bool,
+        deadline: float,
+        now: float | None = None,
     ) -> Any:
         leases = self._leases
-        lease = leases.acquire()
+        lease = leases.acquire(deadline, self._bound, now)
         for attempt in (1, 2):
+            guard = lease.guard
+            if guard is not None:
+                WATCHDOG.watch(guard, deadline)
             try:
                 result = fn(lease, plan)
-            except PersistenceError:
-                leases.release(lease)
-                raise
             except BaseException as exc:
-                retry = read_only and attempt == 1 and self._is_disconnect(lease, exc)
-                translated = self._failed(lease, exc)
+                if guard is not None and WATCHDOG.unwatch(guard):
+                    leases.discard(lease, exc)
+                    raise self._no_answer(write=not read_only) from exc
+                if isinstance(exc, PersistenceError):
+                    leases.release(lease, deadline)
+                    raise
+                retry = (
+                    read_only
+                    and attempt == 1
+                    and self._is_disconnect(lease, exc)
+                    and time.monotonic() < deadline
+                )
+                translated = self._failed(lease, exc, deadline)
                 if retry:
-                    lease = leases.checkout()
+                    lease = leases.acquire(deadline, self._bound)
                     continue
                 if translated is exc:
                     raise
                 raise translated from exc
-            leases.release(lease)
+            if guard is not None and WATCHDOG.unwatch(guard):
+                leases.discard(lease, None)  # the answer came, then the cut: drop it
+            else:
+                leases.release(lease, deadline)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _is_disconnect(self, lease: _Lease, exc: BaseException) -> bool:
+    def _is_disconnect(self, lease: Lease, exc: BaseException) -> bool:
         dialect = self.engine.dialect
         return isinstance(exc, dialect.loaded_dbapi.Error) and bool(
             dialect.is_disconnect(exc, lease.conn.dbapi_connection, lease.cursor)
         )
 
-    def _failed(self, lease: _Lease, exc: BaseException) -> BaseException:
+    def _failed(self, lease: Lease, exc: BaseException, deadline: float) -> BaseException:
         """Translate a driver error; drop the connection if it is broken."""
+        leases = self._leases
         dialect = self.engine.dialect
         if not isinstance(exc, dialect.loaded_dbapi.Error):
-            self._leases.discard(lease, exc)
+            leases.discard(lease, exc)
             return exc
+        if leases.family == "mysql" and _mysql.is_statement_timeout(exc):
+            leases.release(lease, deadline)
+            return StorageUnavailableError(
+                "the database stopped the statement at its time limit (a lock held by"
+                " another transaction, or a slow server), nothing was changed; retry:"
+                f" {operations.first_line(exc)}"
+            )
         translated, broken = operations.translate_error(
             exc, dialect, lease.conn.dbapi_connection, lease.cursor, self.table.name
         )
         if broken:
-            self._leases.discard(lease, exc)
-            # The others idle since before the outage are likely broken too: hand them to
-            # the pool, whose pre-ping (for engines made from a URL) sorts them out.
-            self._leases.close()
+            leases.discard(lease, exc)
+            # The others idle since before the outage are likely broken too: hand them
+            # to the pool, which pings them before they are used again.
+            leases.close()
         else:
-            self._leases.release(lease)
+            leases.release(lease, deadline)
         return translated
+
+    def _no_answer(self, *, write: bool) -> StorageUnavailableError:
+        outcome = (
+            "Whether the write reached the database is unknown: load the record before"
+            " writing it again."
+            if write
+            else "Retry when the database answers again."
+        )
+        return StorageUnavailableError(
+            f"no answer from the database {self.engine.url!r} within {self.timeout:g} s"
+            f" (the server or the network stopped responding); the connection was"
+            f" closed. {outcome}"
+        )
 
     # -- RecordPersistence --------------------------------------------------------------
 
@@ -456,7 +455,7 @@ class DatabasePersistence(RecordPersistence):
         )
 
     def _read(self, workflow_id: str) -> Record | None:
-        def read(lease: _Lease, plan: DialectPlan) -> Record | None:
+        def read(lease: Lease, plan: DialectPlan) -> Record | None:
             record: Record | None = operations.read(lease.cursor, plan, workflow_id)
             if record is not None and len(record[0]) >= operations.RELEASE_RESULT_BYTES:
                 lease.fresh_cursor()  # an idle lease must not pin a large result
@@ -487,31 +486,64 @@ class DatabasePersistence(RecordPersistence):
 
     def _prune(self, query: PruneQuery) -> int:
         """Expired records first, then old ones: one short statement per batch, each its
-        own transaction."""
-        total = self._prune_all(query, expired=True)
+        own transaction, all within one ``timeout``."""
+        deadline = time.monotonic() + self.timeout  # for the whole prune, not each batch
+        total = self._prune_all(query, expired=True, deadline=deadline, done=0)
         if query.cutoff is not None and query.statuses != ():
-            total += self._prune_all(query, expired=False)
+            total = self._prune_all(query, expired=False, deadline=deadline, done=total)
         return total
 
-    def _prune_all(self, query: PruneQuery, *, expired: bool) -> int:
-        total, floor = 0, None
+    def _prune_all(
+        self, query: PruneQuery, *, expired: bool, deadline: float, done: int
+    ) -> int:
+        total, floor = done, None
         while True:
+            if total and time.monotonic() >= deadline:
+                raise StorageUnavailableError(
+                    f"prune deleted {total} records in its {self.timeout:g} s and stopped;"
+                    " call it again to go on where it stopped (or give a longer timeout)"
+                )
             batch = partial(_prune_batch, query=query, expired=expired, floor=floor)
             removed: int
-            removed, floor = self._run(batch)
+            removed, floor = self._run(batch, deadline=deadline)
             total += removed
             if removed < PRUNE_BATCH:
                 return total
 
 
+def _renew_table_setup_lock() -> None:
+    global _TABLE_SETUP
+    _TABLE_SETUP = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_table_setup_lock)
+
+
+def _checked_timeout(timeout: object) -> float:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise InvalidArgumentError(
+            f"timeout must be a positive number of seconds, not {timeout!r}"
+        )
+    return float(timeout)
+
+
 def _prune_batch(
-    lease: _Lease, plan: DialectPlan, *, query: PruneQuery, expired: bool, floor: Any
+    lease: Lease, plan: DialectPlan, *, query: PruneQuery, expired: bool, floor: Any
 ) -> Any:
     return operations.prune_batch(lease.cursor, plan, query, expired, floor)
 
 
-def _shutdown(leases: _Leases, owned_engine: Engine | None) -> None:
-    if leases.pid == os.getpid():
-        leases.close()
-        if owned_engine is not None:
-            owned_engine.dispose()
+def _release_all(leases: Leases, owned_engine: Engine | None) -> None:
+    """When a persistence is garbage collected: hand back what it holds, and dispose the
+    engine it made. Leases beside a caller's Engine go back when their last user goes."""
+    if leases.pid != os.getpid():
+        return
+    leases.detach()
+    if owned_engine is not None:
+        owned_engine.dispose()

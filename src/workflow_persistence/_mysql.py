@@ -1,4 +1,4 @@
-"""MySQL/MariaDB's ``max_allowed_packet``, checked before a save is sent.
+"""MySQL/MariaDB specifics: ``max_allowed_packet`` checked before a save, session bounds.
 
 A statement larger than ``max_allowed_packet`` makes the server drop the connection
 (error 2006, the same as an outage) instead of answering with an error, so the size is
@@ -9,6 +9,11 @@ depends on the driver: PyMySQL 1.2+ writes ``_binary X'<hex>'`` (two bytes per b
 older PyMySQL and mysqlclient escape seven special bytes (NUL, newline, CR, Ctrl-Z,
 quotes, backslash) with a backslash. The driver's own escaper is asked once per
 connection which way it goes.
+
+The library's sessions are bounded by its ``timeout`` (see ``_deadlines``): MariaDB's
+``max_statement_time`` ends any statement, lock waits included; MySQL's
+``max_execution_time`` only SELECTs, so there InnoDB's ``innodb_lock_wait_timeout``
+(row locks) and ``lock_wait_timeout`` (metadata locks, a year by default) bound the waits.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ _SIZER_KEY = "workflow_persistence.escaped_size"
 _SPECIAL_BYTES = (b"\x00", b"\n", b"\r", b"\x1a", b"'", b'"', b"\\")
 # Room for the statement text, an escaped 255-character id and the timestamps.
 _STATEMENT_OVERHEAD = 4096
+#: The server ended a statement at its time limit: MariaDB's ER_STATEMENT_TIMEOUT and
+#: MySQL's ER_QUERY_TIMEOUT. The statement was rolled back; the connection is usable.
+STATEMENT_TIMEOUT_CODES = frozenset({1969, 3024})
 
 Sizer = Callable[[bytes | bytearray | memoryview], int]
 
@@ -84,3 +92,20 @@ def check_packet_size(
             size=needed,
             limit=limit,
         )
+
+
+def session_bounds(seconds: float, *, is_mariadb: bool) -> str:
+    """``SET SESSION`` bounding statements and lock waits by ``seconds``.
+
+    The InnoDB and metadata lock waits take whole seconds (at least one).
+    """
+    whole = max(1, int(seconds))
+    waits = f"innodb_lock_wait_timeout = {whole}, lock_wait_timeout = {whole}"
+    if is_mariadb:
+        return f"SET SESSION max_statement_time = {seconds:.3f}, {waits}"
+    return f"SET SESSION max_execution_time = {max(1, round(seconds * 1000))}, {waits}"
+
+
+def is_statement_timeout(exc: BaseException) -> bool:
+    """True for the error of a statement the server ended at its time limit."""
+    return bool(exc.args) and exc.args[0] in STATEMENT_TIMEOUT_CODES
