@@ -16,9 +16,10 @@ import textwrap
 import time
 import zlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import msgpack
 import pytest
@@ -52,7 +53,7 @@ CHILD_HELPERS = textwrap.dedent(
     """
     import collections, msgpack, resource, sys, threading
     from dataclasses import dataclass
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta, timezone
     from workflow_persistence import (
         CorruptSnapshotError, JsonSerializer, SerializationError, WorkflowSnapshot, _framing,
     )
@@ -232,6 +233,28 @@ def test_large_records_save_and_load_with_a_max_depth_not_used_before() -> None:
         record = ser.dumps(WorkflowSnapshot("w", state={"blob": blob}))
         assert JsonSerializer(max_depth=max_depth + 2).loads(record).state["blob"] == blob
         assert ser.loads(record).state["blob"] == blob
+
+
+def test_after_a_large_value_of_many_datetimes_values_are_still_kept_exactly() -> None:
+    # Such a value makes the serializer measure the next ones before packing them, so that
+    # UTC datetimes are packed in C: any other datetime must still keep its zone and fold.
+    ser = JsonSerializer(max_depth=20)
+    day = datetime(2026, 1, 1, tzinfo=UTC)
+    many = [day + timedelta(seconds=i) for i in range(4000)]
+    assert ser.loads(ser.dumps(WorkflowSnapshot("w", state={"v": many}))).state["v"] == many
+    assert ser._codec._walk_first
+    berlin = datetime(2026, 10, 25, 2, 30, tzinfo=ZoneInfo("Europe/Berlin"), fold=1)
+    other_utc = [day.astimezone(timezone(timedelta(0), "Z")), day.astimezone(ZoneInfo("UTC"))]
+    values = [[*many, berlin], [day.replace(fold=1)], other_utc]
+    for value in values:
+        back = ser.loads(ser.dumps(WorkflowSnapshot("w", state={"v": value}))).state["v"]
+        assert [(v.tzinfo, v.fold) for v in back] == [(v.tzinfo, v.fold) for v in value]
+        assert back == value
+    with pytest.raises(SerializationError, match="20 levels"):
+        ser.dumps(WorkflowSnapshot("w", state={"v": [*many, nest("list", 21)]}))
+    assert ser.loads(ser.dumps(WorkflowSnapshot("w", state={"v": nest("list", 20)}))).state[
+        "v"
+    ] == nest("list", 20)
 
 
 def test_a_record_nested_deeper_than_the_readers_max_depth_is_corrupt() -> None:
