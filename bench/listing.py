@@ -57,11 +57,11 @@ from workflow_persistence import (
     StoredSnapshotInfo,
     WorkflowSnapshot,
 )
-from workflow_persistence._base import ListQuery
-from workflow_persistence._database import make_engine
-from workflow_persistence._operations import list_parameters
 from workflow_persistence._snapshot import SnapshotStatus
-from workflow_persistence._statements import timestamp_processors
+from workflow_persistence._sql.operations import list_parameters
+from workflow_persistence._sql.statements import timestamp_processors
+from workflow_persistence._storage.base import ListQuery
+from workflow_persistence._storage.database import make_engine
 
 KINDS = ["postgresql", "mariadb", "sqlite"]
 SMALL = 10**3

@@ -56,9 +56,9 @@ from persistence import RawStore
 from sqlalchemy import Engine, event
 
 from workflow_persistence import DatabasePersistence, WorkflowSnapshot
-from workflow_persistence._columns import columns_of
-from workflow_persistence._database import make_engine
-from workflow_persistence._statements import PRUNE_BATCH, ListShape, timestamp_processors
+from workflow_persistence._serialization.columns import columns_of
+from workflow_persistence._sql.statements import PRUNE_BATCH, ListShape, timestamp_processors
+from workflow_persistence._storage.database import make_engine
 
 KINDS = ["postgresql", "mariadb", "sqlite"]
 TABLE = "workflow_interrupts"
@@ -597,7 +597,7 @@ def xmin_holders(db: BenchDatabase) -> tuple[int, float]:
 
 def explain_delete(db: BenchDatabase, persistence: DatabasePersistence, cutoff: datetime) -> str:
     """The plan of the library's first prune batch (not run: plain EXPLAIN)."""
-    from workflow_persistence._operations import OLDEST
+    from workflow_persistence._sql.operations import OLDEST
 
     plan = persistence._plan
     assert plan is not None

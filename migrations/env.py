@@ -14,7 +14,7 @@ from alembic import context
 from sqlalchemy import Connection
 from sqlalchemy.engine import URL
 
-from workflow_persistence._database import make_engine
+from workflow_persistence._storage.database import make_engine
 from workflow_persistence.migrations import VERSION_TABLE, render_item, resolve_url
 from workflow_persistence.models import metadata
 

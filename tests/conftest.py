@@ -27,7 +27,7 @@ from workflow_persistence import (
     JsonSerializer,
     Persistence,
 )
-from workflow_persistence._database import make_engine
+from workflow_persistence._storage.database import make_engine
 from workflow_persistence.migrations import upgrade
 
 POSTGRESQL_ADMIN_URL = os.environ.get(

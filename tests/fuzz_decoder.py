@@ -27,7 +27,7 @@ with atheris.instrument_imports():
         PickleSerializer,
         WorkflowSnapshot,
     )
-    from workflow_persistence._framing import crc_detail, frame
+    from workflow_persistence._serialization.framing import crc_detail, frame
 
 STRICT = JsonSerializer()
 STAND_IN = JsonSerializer(unknown_classes="stand-in")

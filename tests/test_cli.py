@@ -37,7 +37,7 @@ from workflow_persistence import (
     WorkflowInterrupt,
     WorkflowSnapshot,
 )
-from workflow_persistence._database import make_engine
+from workflow_persistence._storage.database import make_engine
 from workflow_persistence.cli import format_age, meta_pair, parse_age, question
 from workflow_persistence.migrations import URL_ENV_VAR, VERSION_TABLE, upgrade
 

@@ -27,7 +27,7 @@ from workflow_persistence import (
     WorkflowInterruptRepository,
     WorkflowSnapshot,
 )
-from workflow_persistence._database import make_engine
+from workflow_persistence._storage.database import make_engine
 
 from . import wire
 
@@ -347,7 +347,7 @@ def test_packet_sizer_matches_the_drivers_escaping() -> None:
     """The size check agrees with what the driver really sends, for both schemes."""
     import pymysql.converters
 
-    from workflow_persistence import _mysql
+    from workflow_persistence._sql import mysql as _mysql
 
     class HexDriver:
         escape = staticmethod(pymysql.converters.escape_bytes)
@@ -371,7 +371,7 @@ def test_the_packet_check_counts_the_question_and_metadata() -> None:
     statement they push over max_allowed_packet is refused before it is sent."""
     import pymysql.converters
 
-    from workflow_persistence import _mysql
+    from workflow_persistence._sql import mysql as _mysql
 
     class Connection:  # what the check learns once per connection, already learned
         def __init__(self) -> None:
@@ -393,7 +393,7 @@ def test_prune_in_batches_is_exact_with_ties_across_batches(
     """Prune deletes in batches that each start where the last ended; records sharing an
     updated_at across a batch boundary must all go, newer ones all stay."""
     from workflow_persistence import WorkflowInterrupt
-    from workflow_persistence._statements import PRUNE_BATCH
+    from workflow_persistence._sql.statements import PRUNE_BATCH
 
     old_a = datetime(2020, 1, 1, tzinfo=UTC)
     old_b = datetime(2020, 6, 1, tzinfo=UTC)
@@ -429,7 +429,7 @@ def test_an_engine_on_a_singleton_thread_pool_works() -> None:
 
 def test_leases_idle_too_long_go_back_to_the_pool(store: DatabasePersistence,
                                                    engine: Engine) -> None:
-    from workflow_persistence import _leases
+    from workflow_persistence._storage import leases as _leases
 
     barrier = threading.Barrier(3)
 

@@ -30,10 +30,10 @@ from workflow_persistence import (
     WorkflowNotFoundError,
     WorkflowSnapshot,
 )
-from workflow_persistence._base import ListQuery, PruneQuery
-from workflow_persistence._columns import columns_of
+from workflow_persistence._serialization.columns import columns_of
 from workflow_persistence._snapshot import utc_now
-from workflow_persistence._statements import ListShape
+from workflow_persistence._sql.statements import ListShape
+from workflow_persistence._storage.base import ListQuery, PruneQuery
 
 NFC = unicodedata.normalize("NFC", "café")
 NFD = unicodedata.normalize("NFD", "café")
@@ -378,7 +378,7 @@ def test_prune_by_status_age_and_expiry_matches_the_reference(
 def test_prune_of_expired_records_runs_in_batches(
     store: DatabasePersistence, engine: Engine
 ) -> None:
-    from workflow_persistence._statements import PRUNE_BATCH
+    from workflow_persistence._sql.statements import PRUNE_BATCH
 
     data = JsonSerializer().dumps(WorkflowSnapshot("x"))
     past = utc_now() - timedelta(minutes=1)

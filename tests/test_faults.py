@@ -27,7 +27,7 @@ from workflow_persistence import (
     StorageUnavailableError,
     WorkflowSnapshot,
 )
-from workflow_persistence._file import _TEMP_PREFIX
+from workflow_persistence._storage.file import _TEMP_PREFIX
 
 from .test_workflow import race_two_resumes
 

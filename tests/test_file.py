@@ -38,7 +38,7 @@ from workflow_persistence import (
     WorkflowNotFoundError,
     WorkflowSnapshot,
 )
-from workflow_persistence._file import _LOCK_NAME, _SUFFIX, _TEMP_PREFIX, file_name
+from workflow_persistence._storage.file import _LOCK_NAME, _SUFFIX, _TEMP_PREFIX, file_name
 
 SPAWN: SpawnContext = multiprocessing.get_context("spawn")
 PROCESSES = 6

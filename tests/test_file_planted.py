@@ -33,7 +33,7 @@ from workflow_persistence import (
     StorageUnavailableError,
     WorkflowSnapshot,
 )
-from workflow_persistence._file import _LOCK_NAME, file_name
+from workflow_persistence._storage.file import _LOCK_NAME, file_name
 
 #: Far longer than any of these calls takes, far shorter than "for ever".
 AT_ONCE = 2.0

@@ -35,7 +35,7 @@ from workflow_persistence import (
     WorkflowSnapshot,
     migrations,
 )
-from workflow_persistence._database import make_engine
+from workflow_persistence._storage.database import make_engine
 
 from .conftest import DATABASES
 from .hostapp.models import HostBase, HostInterrupt

@@ -30,13 +30,13 @@ from workflow_persistence import (
     PickleSerializer,
     WorkflowInterrupt,
     WorkflowSnapshot,
-    _framing,
-    _operations,
-    _serializers,
     metadata,
     migrations,
 )
-from workflow_persistence._database import make_engine
+from workflow_persistence._serialization import framing as _framing
+from workflow_persistence._serialization import serializers as _serializers
+from workflow_persistence._sql import operations as _operations
+from workflow_persistence._storage.database import make_engine
 
 from .hostapp.support import recorded_statements, schema_diff
 

@@ -34,7 +34,7 @@ from workflow_persistence import (
     metadata,
     migrations,
 )
-from workflow_persistence._database import make_engine
+from workflow_persistence._storage.database import make_engine
 
 from .conftest import Server
 from .hostapp.support import (

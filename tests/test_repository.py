@@ -360,7 +360,7 @@ def test_upsert_derives_the_columns_from_data(engine: Engine, session: Session) 
 
 
 def test_upsert_with_given_columns_and_list_filters(session: Session) -> None:
-    from workflow_persistence._columns import SnapshotColumns
+    from workflow_persistence._serialization.columns import SnapshotColumns
 
     repo = _repo(session)
     failed = SnapshotColumns("failed", "billing", "charge", None, '{"tenant":"acme"}', None)
@@ -385,7 +385,7 @@ def test_upsert_with_given_columns_and_list_filters(session: Session) -> None:
 
 
 def test_an_expired_row_counts_as_absent(session: Session) -> None:
-    from workflow_persistence._columns import SnapshotColumns
+    from workflow_persistence._serialization.columns import SnapshotColumns
 
     repo = _repo(session)
     past = datetime.now(UTC) - timedelta(seconds=1)
@@ -403,7 +403,7 @@ def test_an_expired_row_counts_as_absent(session: Session) -> None:
 
 def test_filtered_lists_run_under_listeners_too(engine: Engine, session: Session) -> None:
     """The observed path (exec_driver_sql) binds the same parameters: JSON casts included."""
-    from workflow_persistence._columns import SnapshotColumns
+    from workflow_persistence._serialization.columns import SnapshotColumns
 
     repo = _repo(session)
     columns = SnapshotColumns(

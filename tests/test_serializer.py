@@ -41,8 +41,8 @@ from workflow_persistence import (
     StopEvent,
     UnresolvedObject,
     WorkflowSnapshot,
-    _framing,
 )
+from workflow_persistence._serialization import framing as _framing
 
 from .samples import (
     Customer,

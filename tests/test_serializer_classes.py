@@ -42,9 +42,9 @@ from workflow_persistence import (
     Workflow,
     WorkflowSnapshot,
     WorkflowState,
-    _framing,
 )
-from workflow_persistence._codec import EXT_ARRAY, MARK_DEQUE
+from workflow_persistence._serialization import framing as _framing
+from workflow_persistence._serialization.codec import EXT_ARRAY, MARK_DEQUE
 
 from . import flows
 from .samples import Money

@@ -31,9 +31,9 @@ from workflow_persistence import (
     SerializationError,
     UnresolvedObject,
     WorkflowSnapshot,
-    _framing,
 )
-from workflow_persistence._codec import (
+from workflow_persistence._serialization import framing as _framing
+from workflow_persistence._serialization.codec import (
     EXT_BIGINT_BYTES,
     EXT_DATE,
     EXT_DATETIME_NAIVE,

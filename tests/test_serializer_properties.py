@@ -28,9 +28,9 @@ from workflow_persistence import (
     SerializationError,
     UnresolvedObject,
     WorkflowSnapshot,
-    _framing,
 )
 from workflow_persistence._ids import check_workflow_id
+from workflow_persistence._serialization import framing as _framing
 
 from .samples import Customer, Drafted, Ledger, Level, Money, Priority, rich_snapshot, serializer
 

@@ -3,16 +3,21 @@ restore it later, in any process, so the run continues exactly where it stopped.
 
 from __future__ import annotations
 
-from ._codec import UnresolvedObject
-from ._database import DatabasePersistence
+from workflow_persistence._runtime.interrupts import interrupt
+from workflow_persistence._runtime.retry import RetryPolicy
+from workflow_persistence._runtime.workflow import RunResult, Workflow, WorkflowState
+from workflow_persistence._serialization.codec import UnresolvedObject
+from workflow_persistence._serialization.serializers import (
+    JsonSerializer,
+    PickleSerializer,
+    Serializer,
+)
+from workflow_persistence._storage.database import DatabasePersistence
+from workflow_persistence._storage.file import FilePersistence
+from workflow_persistence._storage.memory import InMemoryPersistence
+
 from ._events import Event, StartEvent, StopEvent
-from ._file import FilePersistence
-from ._interrupts import interrupt
-from ._memory import InMemoryPersistence
-from ._retry import RetryPolicy
-from ._serializers import JsonSerializer, PickleSerializer, Serializer
 from ._snapshot import Decision, ErrorInfo, StoredSnapshotInfo, WorkflowSnapshot
-from ._workflow import RunResult, Workflow, WorkflowState
 from .abc import Persistence
 from .errors import (
     ConflictError,

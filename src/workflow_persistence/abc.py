@@ -9,7 +9,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._serializers import Serializer
+    from workflow_persistence._serialization.serializers import Serializer
+
     from ._snapshot import StoredSnapshotInfo, WorkflowSnapshot
 
 __all__ = ["Persistence"]

@@ -28,12 +28,14 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from . import _framing, migrations
-from ._codec import UnresolvedObject
-from ._database import DatabasePersistence
+from workflow_persistence._serialization.codec import UnresolvedObject
+from workflow_persistence._serialization.serializers import JsonSerializer
+from workflow_persistence._sql.operations import first_line
+from workflow_persistence._storage.database import DatabasePersistence
+
+from . import migrations
 from ._ids import check_workflow_id
-from ._operations import first_line
-from ._serializers import JsonSerializer
+from ._serialization import framing as _framing
 from ._snapshot import Decision, ErrorInfo, StoredSnapshotInfo, utc_now
 from .errors import CorruptSnapshotError, PersistenceError, WorkflowError
 

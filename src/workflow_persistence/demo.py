@@ -21,10 +21,11 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from ._database import DatabasePersistence
+from workflow_persistence._runtime.interrupts import interrupt
+from workflow_persistence._runtime.workflow import Workflow, WorkflowState
+from workflow_persistence._storage.database import DatabasePersistence
+
 from ._events import Event, StartEvent, StopEvent
-from ._interrupts import interrupt
-from ._workflow import Workflow, WorkflowState
 from .migrations import URL_ENV_VAR, resolve_url
 
 #: The run the demo leaves waiting; one id, so running the demo again replaces it.

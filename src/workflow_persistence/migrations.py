@@ -24,8 +24,9 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
-from ._columns import columns_of
-from ._serializers import JsonSerializer
+from workflow_persistence._serialization.columns import columns_of
+from workflow_persistence._serialization.serializers import JsonSerializer
+
 from ._snapshot import SNAPSHOT_STATUSES, UNKNOWN_STATUS
 from .errors import PersistenceError
 from .models import TABLE_NAME, VERSION_TABLE

@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import Index, Integer, MetaData, String, Table, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, mapped_column
 
-from ._autogenerate import leave_version_table_alone
+from workflow_persistence._sql.autogenerate import leave_version_table_alone
+
 from .types import BinaryData, JsonData, UTCDateTime, WorkflowIdType
 
 __all__ = ["Base", "WorkflowInterrupt", "WorkflowInterruptMixin", "metadata"]

@@ -13,17 +13,18 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Mapper, Session, configure_mappers, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
-from . import _operations as operations
-from ._base import (
+from workflow_persistence._serialization.columns import SnapshotColumns, columns_of
+from workflow_persistence._sql import operations
+from workflow_persistence._sql.operations import Cursor, DialectPlan, plan_for
+from workflow_persistence._storage.base import (
     ListQuery,
     MetadataValue,
     Record,
     check_aware,
     check_expected_version,
 )
-from ._columns import SnapshotColumns, columns_of
+
 from ._ids import check_workflow_id
-from ._operations import Cursor, DialectPlan, plan_for
 from ._snapshot import UNKNOWN_STATUS, StoredSnapshotInfo, utc_now
 from .errors import InvalidArgumentError, PersistenceError
 from .models import WorkflowInterrupt, WorkflowInterruptMixin
@@ -295,7 +296,7 @@ _STAND_IN: builtins.list[Any] = []
 
 def _stand_in_serializer() -> Any:
     if not _STAND_IN:
-        from ._serializers import JsonSerializer
+        from workflow_persistence._serialization.serializers import JsonSerializer
 
         _STAND_IN.append(JsonSerializer(unknown_classes="stand-in"))
     return _STAND_IN[0]

@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, MetaData, event
 from sqlalchemy.engine import URL
 
-from workflow_persistence._database import make_engine
+from workflow_persistence._storage.database import make_engine
 from workflow_persistence.migrations import URL_ENV_VAR, VERSION_TABLE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ older PyMySQL and mysqlclient escape seven special bytes (NUL, newline, CR, Ctrl
 quotes, backslash) with a backslash. The driver's own escaper is asked once per
 connection which way it goes.
 
-The library's sessions are bounded by its ``timeout`` (see ``_deadlines``): MariaDB's
+The library's sessions are bounded by its ``timeout`` (see ``_storage.deadlines``): MariaDB's
 ``max_statement_time`` ends any statement, lock waits included; MySQL's
 ``max_execution_time`` only SELECTs, so there InnoDB's ``innodb_lock_wait_timeout``
 (row locks) and ``lock_wait_timeout`` (metadata locks, a year by default) bound the waits.
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .errors import PayloadTooLargeError
+from workflow_persistence.errors import PayloadTooLargeError
 
 _LIMIT_KEY = "workflow_persistence.max_allowed_packet"
 _SIZER_KEY = "workflow_persistence.escaped_size"

@@ -8,10 +8,11 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 
-from ._base import ListQuery, PruneQuery, Record, RecordPersistence, is_expired, version_conflict
-from ._columns import SnapshotColumns
-from ._serializers import Serializer
-from ._snapshot import StoredSnapshotInfo, utc_now
+from workflow_persistence._serialization.columns import SnapshotColumns
+from workflow_persistence._serialization.serializers import Serializer
+from workflow_persistence._snapshot import StoredSnapshotInfo, utc_now
+
+from .base import ListQuery, PruneQuery, Record, RecordPersistence, is_expired, version_conflict
 
 __all__ = ["InMemoryPersistence"]
 

@@ -15,18 +15,18 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from ._columns import SnapshotColumns, columns_of
-from ._ids import check_workflow_id
-from ._serializers import JsonSerializer, Serializer
-from ._snapshot import (
+from workflow_persistence._ids import check_workflow_id
+from workflow_persistence._serialization.columns import SnapshotColumns, columns_of
+from workflow_persistence._serialization.serializers import JsonSerializer, Serializer
+from workflow_persistence._snapshot import (
     SNAPSHOT_STATUSES,
     UNKNOWN_STATUS,
     StoredSnapshotInfo,
     WorkflowSnapshot,
     utc_now,
 )
-from .abc import Persistence
-from .errors import (
+from workflow_persistence.abc import Persistence
+from workflow_persistence.errors import (
     ConflictError,
     CorruptSnapshotError,
     InvalidArgumentError,

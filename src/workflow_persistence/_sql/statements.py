@@ -61,8 +61,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.dml import ReturningDelete
 from sqlalchemy.sql.elements import ClauseElement
 
-from ._types import UTCDateTime
-from .errors import PersistenceError
+from workflow_persistence._types import UTCDateTime
+from workflow_persistence.errors import PersistenceError
 
 __all__ = [
     "COLUMN_PARAMS",

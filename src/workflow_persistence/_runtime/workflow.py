@@ -34,13 +34,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from ._events import Event, StartEvent, StopEvent
-from ._graph import NodeSpec, build_graph
-from ._ids import check_workflow_id
-from ._interrupts import NodeInterrupted, NodeVisit, current_visit
-from ._memory import InMemoryPersistence
-from ._retry import NO_RETRY, RetryPolicy
-from ._snapshot import (
+from workflow_persistence._events import Event, StartEvent, StopEvent
+from workflow_persistence._ids import check_workflow_id
+from workflow_persistence._snapshot import (
     SNAPSHOT_STATUSES,
     Decision,
     ErrorInfo,
@@ -49,8 +45,9 @@ from ._snapshot import (
     exception_text,
     utc_now,
 )
-from .abc import Persistence
-from .errors import (
+from workflow_persistence._storage.memory import InMemoryPersistence
+from workflow_persistence.abc import Persistence
+from workflow_persistence.errors import (
     ConflictError,
     CorruptSnapshotError,
     InvalidArgumentError,
@@ -60,6 +57,10 @@ from .errors import (
     WorkflowError,
     WorkflowFailedError,
 )
+
+from .graph import NodeSpec, build_graph
+from .interrupts import NodeInterrupted, NodeVisit, current_visit
+from .retry import NO_RETRY, RetryPolicy
 
 __all__ = ["RunResult", "Workflow", "WorkflowState", "new_workflow_id"]
 

@@ -2,10 +2,10 @@
 
 Each call is one statement in autocommit mode (prune: one per batch): a single statement
 is atomic on its own, so one round trip does what BEGIN / statement / COMMIT would do in
-three. The statements and the code running them are the repository's (``_operations``),
+three. The statements and the code running them are the repository's (``_sql.operations``),
 compiled once per engine and run on a connection the library keeps leased between calls
-(``_leases``: from a pool of its own, never the app's). Every call is bounded by the
-persistence's ``timeout`` (``_deadlines``).
+(``leases``: from a pool of its own, never the app's). Every call is bounded by the
+persistence's ``timeout`` (``deadlines``).
 """
 
 from __future__ import annotations
@@ -28,21 +28,22 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from . import _mysql
-from . import _operations as operations
-from ._base import ListQuery, PruneQuery, Record, RecordPersistence
-from ._columns import SnapshotColumns
-from ._deadlines import CONNECT_SECONDS, WATCHDOG, server_bound
-from ._leases import Lease, Leases, leases_beside
-from ._operations import PRUNE_BATCH, DialectPlan, plan_for
-from ._serializers import Serializer
-from ._snapshot import StoredSnapshotInfo
-from .errors import (
+from workflow_persistence._serialization.columns import SnapshotColumns
+from workflow_persistence._serialization.serializers import Serializer
+from workflow_persistence._snapshot import StoredSnapshotInfo
+from workflow_persistence._sql import mysql as _mysql
+from workflow_persistence._sql import operations
+from workflow_persistence._sql.operations import PRUNE_BATCH, DialectPlan, plan_for
+from workflow_persistence.errors import (
     InvalidArgumentError,
     PersistenceError,
     StorageUnavailableError,
 )
-from .models import WorkflowInterrupt, WorkflowInterruptMixin
+from workflow_persistence.models import WorkflowInterrupt, WorkflowInterruptMixin
+
+from .base import ListQuery, PruneQuery, Record, RecordPersistence
+from .deadlines import CONNECT_SECONDS, WATCHDOG, server_bound
+from .leases import Lease, Leases, leases_beside
 
 __all__ = ["DEFAULT_TIMEOUT_SECONDS", "DatabasePersistence", "make_engine"]
 
@@ -275,7 +276,7 @@ class DatabasePersistence(RecordPersistence):
             if self._table_exists(deadline):
                 return
             if self.model is WorkflowInterrupt:
-                from .migrations import upgrade
+                from workflow_persistence.migrations import upgrade
 
                 try:
                     with self._setup_connection(deadline) as conn, conn.begin():
@@ -304,7 +305,7 @@ class DatabasePersistence(RecordPersistence):
         with self._setup_connection(deadline) as conn:
             if not inspect(conn).has_table(self.table.name, schema=self.table.schema):
                 return False
-            from .migrations import require_run_columns
+            from workflow_persistence.migrations import require_run_columns
 
             require_run_columns(conn, self.table)
             return True

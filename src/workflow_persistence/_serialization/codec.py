@@ -61,8 +61,9 @@ from zoneinfo import ZoneInfo
 
 import msgpack
 
-from . import _cstack
-from .errors import CorruptSnapshotError, SerializationError
+from workflow_persistence.errors import CorruptSnapshotError, SerializationError
+
+from . import cstack as _cstack
 
 UnknownClassPolicy = Literal["error", "stand-in"]
 _T = TypeVar("_T")

@@ -9,9 +9,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ._events import Event, StartEvent, StopEvent
-from ._retry import POLICY_ATTRIBUTE, RetryPolicy
-from .errors import WorkflowDefinitionError
+from workflow_persistence._events import Event, StartEvent, StopEvent
+from workflow_persistence.errors import WorkflowDefinitionError
+
+from .retry import POLICY_ATTRIBUTE, RetryPolicy
 
 Node = Callable[[Any, Any], Any]
 

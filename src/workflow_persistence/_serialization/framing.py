@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 
-from .errors import CorruptSnapshotError
+from workflow_persistence.errors import CorruptSnapshotError
 
 MAGIC = b"wfp:"
 _MAX_HEADER = 160

@@ -38,22 +38,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ._base import (
+from workflow_persistence._serialization.columns import SnapshotColumns, columns_of
+from workflow_persistence._serialization.serializers import JsonSerializer, Serializer
+from workflow_persistence._snapshot import UNKNOWN_STATUS, StoredSnapshotInfo, utc_now
+from workflow_persistence.errors import (
+    CorruptSnapshotError,
+    InvalidArgumentError,
+    PayloadTooLargeError,
+    StorageUnavailableError,
+)
+
+from .base import (
     ListQuery,
     PruneQuery,
     Record,
     RecordPersistence,
     is_expired,
     version_conflict,
-)
-from ._columns import SnapshotColumns, columns_of
-from ._serializers import JsonSerializer, Serializer
-from ._snapshot import UNKNOWN_STATUS, StoredSnapshotInfo, utc_now
-from .errors import (
-    CorruptSnapshotError,
-    InvalidArgumentError,
-    PayloadTooLargeError,
-    StorageUnavailableError,
 )
 
 __all__ = ["FilePersistence"]

@@ -21,23 +21,24 @@ from typing import Any, Protocol
 from sqlalchemy import Dialect, Table
 from sqlalchemy import exc as sa_exc
 
-from . import _mysql
-from ._base import ListQuery, PruneQuery, Record, version_conflict
-from ._columns import SnapshotColumns
-from ._snapshot import StoredSnapshotInfo, utc_now
-from ._statements import (
+from workflow_persistence._serialization.columns import SnapshotColumns
+from workflow_persistence._snapshot import StoredSnapshotInfo, utc_now
+from workflow_persistence._storage.base import ListQuery, PruneQuery, Record, version_conflict
+from workflow_persistence.errors import (
+    CorruptSnapshotError,
+    PayloadTooLargeError,
+    PersistenceError,
+    StorageUnavailableError,
+)
+
+from . import mysql as _mysql
+from .statements import (
     PRUNE_BATCH,
     CompiledSQL,
     ListShape,
     TableStatements,
     statements_for,
     timestamp_processors,
-)
-from .errors import (
-    CorruptSnapshotError,
-    PayloadTooLargeError,
-    PersistenceError,
-    StorageUnavailableError,
 )
 
 __all__ = ["PRUNE_BATCH", "Cursor", "DialectPlan", "plan_for"]

@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any
 
-from . import _mysql
+from workflow_persistence._sql import mysql as _mysql
 
 __all__ = ["CONNECT_SECONDS", "WATCHDOG", "Guard", "guard_for", "server_bound", "session_bounds"]
 

@@ -42,9 +42,10 @@ from sqlalchemy.pool import (
     StaticPool,
 )
 
-from ._deadlines import CONNECT_SECONDS, WATCHDOG, Guard, guard_for, session_bounds
-from ._operations import first_line
-from .errors import StorageUnavailableError
+from workflow_persistence._sql.operations import first_line
+from workflow_persistence.errors import StorageUnavailableError
+
+from .deadlines import CONNECT_SECONDS, WATCHDOG, Guard, guard_for, session_bounds
 
 __all__ = ["IDLE_RETURN_SECONDS", "Lease", "Leases", "leases_beside"]
 

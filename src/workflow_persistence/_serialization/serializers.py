@@ -10,8 +10,19 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, Protocol, cast, runtime_checkable
 
-from . import _framing
-from ._codec import (
+from workflow_persistence._events import Event, StartEvent, StopEvent
+from workflow_persistence._ids import check_workflow_id
+from workflow_persistence._snapshot import (
+    SNAPSHOT_STATUSES,
+    Decision,
+    ErrorInfo,
+    SnapshotStatus,
+    WorkflowSnapshot,
+)
+from workflow_persistence.errors import CorruptSnapshotError, PersistenceError, SerializationError
+
+from . import framing as _framing
+from .codec import (
     CollidingHashes,
     NestedTooDeeply,
     UnknownClassPolicy,
@@ -22,10 +33,6 @@ from ._codec import (
     exception_text,
     key_text,
 )
-from ._events import Event, StartEvent, StopEvent
-from ._ids import check_workflow_id
-from ._snapshot import SNAPSHOT_STATUSES, Decision, ErrorInfo, SnapshotStatus, WorkflowSnapshot
-from .errors import CorruptSnapshotError, PersistenceError, SerializationError
 
 __all__ = ["JsonSerializer", "PickleSerializer", "Serializer"]
 

@@ -21,7 +21,7 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from ._snapshot import WorkflowSnapshot, printable
+from workflow_persistence._snapshot import WorkflowSnapshot, printable
 
 __all__ = [
     "MAX_JSON_TEXT",
@@ -189,7 +189,7 @@ def _fields(value: Any) -> dict[str, Any] | None:
     """A dataclass's or pydantic model's fields, or a stand-in's stored fields."""
     try:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            from ._codec import UnresolvedObject
+            from .codec import UnresolvedObject
 
             if type(value) is UnresolvedObject:
                 stored = value.fields

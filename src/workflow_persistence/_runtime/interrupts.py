@@ -6,7 +6,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import WorkflowError
+from workflow_persistence.errors import WorkflowError
 
 __all__ = ["interrupt"]
 
