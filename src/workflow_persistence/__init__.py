@@ -15,10 +15,11 @@ from workflow_persistence._serialization.serializers import (
 from workflow_persistence._storage.database import DatabasePersistence
 from workflow_persistence._storage.file import FilePersistence
 from workflow_persistence._storage.memory import InMemoryPersistence
+from workflow_persistence._storage.offloaded import AsyncFilePersistence, AsyncInMemoryPersistence
 
 from ._events import Event, StartEvent, StopEvent
 from ._snapshot import Decision, ErrorInfo, StoredSnapshotInfo, WorkflowSnapshot
-from .abc import Persistence
+from .abc import AsyncPersistence, Persistence
 from .errors import (
     ConflictError,
     CorruptSnapshotError,
@@ -39,6 +40,9 @@ from .repository import WorkflowInterruptRepository
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncFilePersistence",
+    "AsyncInMemoryPersistence",
+    "AsyncPersistence",
     "ConflictError",
     "CorruptSnapshotError",
     "DatabasePersistence",

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
     from ._snapshot import StoredSnapshotInfo, WorkflowSnapshot
 
-__all__ = ["Persistence"]
+__all__ = ["AsyncPersistence", "Persistence"]
 
 
 class Persistence(ABC):
@@ -82,3 +82,55 @@ class Persistence(ABC):
 
         Returns how many records were removed.
         """
+
+
+class AsyncPersistence(ABC):
+    """The six methods of :class:`Persistence` as coroutines, for code on an event loop.
+
+    The promises are those of :class:`Persistence`; the sync and async backends of one
+    kind read and write the same records. Implementations are safe to share between
+    tasks (and, where the backend allows, between event loops in different threads).
+    """
+
+    serializer: Serializer
+
+    @abstractmethod
+    async def save(
+        self, snapshot: WorkflowSnapshot, *, expected_version: int | None = None
+    ) -> int:
+        """Create or replace the snapshot's record; return its new version."""
+
+    @abstractmethod
+    async def load(self, workflow_id: str) -> WorkflowSnapshot:
+        """Return the stored snapshot; WorkflowNotFoundError if there is none."""
+
+    @abstractmethod
+    async def delete(self, workflow_id: str, *, expected_version: int | None = None) -> bool:
+        """Remove the record; True if there was one (see :meth:`Persistence.delete`)."""
+
+    @abstractmethod
+    async def exists(self, workflow_id: str) -> bool:
+        """True if a record is stored under ``workflow_id``."""
+
+    @abstractmethod
+    async def list(
+        self,
+        *,
+        status: str | Collection[str] | None = None,
+        workflow_name: str | Collection[str] | None = None,
+        metadata: Mapping[str, str | int | bool] | None = None,
+        updated_before: datetime | None = None,
+        updated_after: datetime | None = None,
+        limit: int | None = None,
+        cursor: StoredSnapshotInfo | None = None,
+    ) -> builtins.list[StoredSnapshotInfo]:
+        """Stored records, most recently updated first (see :meth:`Persistence.list`)."""
+
+    @abstractmethod
+    async def prune(
+        self,
+        older_than: timedelta | datetime | None = None,
+        *,
+        status: str | Collection[str] | None = None,
+    ) -> int:
+        """Delete expired and old records (see :meth:`Persistence.prune`); return the count."""
