@@ -6,14 +6,26 @@ import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 if TYPE_CHECKING:
     from workflow_persistence._serialization.serializers import Serializer
 
     from ._snapshot import StoredSnapshotInfo, WorkflowSnapshot
 
-__all__ = ["AsyncPersistence", "Persistence"]
+__all__ = ["AsyncPersistence", "ListFilters", "Persistence"]
+
+
+class ListFilters(TypedDict, total=False):
+    """The keyword arguments of ``list``, on every backend, sync or async."""
+
+    status: str | Collection[str] | None
+    workflow_name: str | Collection[str] | None
+    metadata: Mapping[str, str | int | bool] | None
+    updated_before: datetime | None
+    updated_after: datetime | None
+    limit: int | None
+    cursor: StoredSnapshotInfo | None
 
 
 class Persistence(ABC):
@@ -48,17 +60,7 @@ class Persistence(ABC):
         """True if a record is stored under ``workflow_id``."""
 
     @abstractmethod
-    def list(
-        self,
-        *,
-        status: str | Collection[str] | None = None,
-        workflow_name: str | Collection[str] | None = None,
-        metadata: Mapping[str, str | int | bool] | None = None,
-        updated_before: datetime | None = None,
-        updated_after: datetime | None = None,
-        limit: int | None = None,
-        cursor: StoredSnapshotInfo | None = None,
-    ) -> builtins.list[StoredSnapshotInfo]:
+    def list(self, **filters: Unpack[ListFilters]) -> builtins.list[StoredSnapshotInfo]:
         """Stored records, most recently updated first, without decoding their data.
 
         ``status`` and ``workflow_name`` take one value or several; ``metadata`` keeps
@@ -113,17 +115,7 @@ class AsyncPersistence(ABC):
         """True if a record is stored under ``workflow_id``."""
 
     @abstractmethod
-    async def list(
-        self,
-        *,
-        status: str | Collection[str] | None = None,
-        workflow_name: str | Collection[str] | None = None,
-        metadata: Mapping[str, str | int | bool] | None = None,
-        updated_before: datetime | None = None,
-        updated_after: datetime | None = None,
-        limit: int | None = None,
-        cursor: StoredSnapshotInfo | None = None,
-    ) -> builtins.list[StoredSnapshotInfo]:
+    async def list(self, **filters: Unpack[ListFilters]) -> builtins.list[StoredSnapshotInfo]:
         """Stored records, most recently updated first (see :meth:`Persistence.list`)."""
 
     @abstractmethod

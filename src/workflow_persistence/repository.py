@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Generic, TypeVar, cast, overload
+from typing import Any, Generic, TypeVar, Unpack, cast, overload
 
 from sqlalchemy import Connection, inspect
 from sqlalchemy import exc as sa_exc
@@ -18,7 +18,6 @@ from workflow_persistence._sql import operations
 from workflow_persistence._sql.operations import Cursor, DialectPlan, plan_for
 from workflow_persistence._storage.base import (
     ListQuery,
-    MetadataValue,
     Record,
     check_aware,
     check_expected_version,
@@ -26,6 +25,7 @@ from workflow_persistence._storage.base import (
 
 from ._ids import check_workflow_id
 from ._snapshot import UNKNOWN_STATUS, StoredSnapshotInfo, utc_now
+from .abc import ListFilters
 from .errors import InvalidArgumentError, PersistenceError
 from .models import WorkflowInterrupt, WorkflowInterruptMixin
 
@@ -220,29 +220,11 @@ class WorkflowInterruptRepository(Generic[ModelT]):
         self._forget(workflow_id, expunge=True)
         return deleted
 
-    def list(
-        self,
-        *,
-        status: str | Collection[str] | None = None,
-        workflow_name: str | Collection[str] | None = None,
-        metadata: Mapping[str, MetadataValue] | None = None,
-        updated_before: datetime | None = None,
-        updated_after: datetime | None = None,
-        limit: int | None = None,
-        cursor: StoredSnapshotInfo | None = None,
-    ) -> builtins.list[StoredSnapshotInfo]:
+    def list(self, **filters: Unpack[ListFilters]) -> builtins.list[StoredSnapshotInfo]:
         """Rows that have not expired, newest first (ties by ``workflow_id``), in one
         SELECT that never reads ``data``; filtered as ``Persistence.list`` is. Damaged rows
         are left out (and named in a warning on the ``workflow_persistence`` logger)."""
-        query = ListQuery.checked(
-            status=status,
-            workflow_name=workflow_name,
-            metadata=metadata,
-            updated_before=updated_before,
-            updated_after=updated_after,
-            limit=limit,
-            cursor=cursor,
-        )
+        query = ListQuery.checked(**filters)
         if query.limit == 0:
             return []
         return self._run(

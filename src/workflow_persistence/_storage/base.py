@@ -14,6 +14,7 @@ from abc import abstractmethod
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Unpack
 
 from workflow_persistence._ids import check_workflow_id
 from workflow_persistence._serialization.columns import SnapshotColumns, columns_of
@@ -25,7 +26,7 @@ from workflow_persistence._snapshot import (
     WorkflowSnapshot,
     utc_now,
 )
-from workflow_persistence.abc import Persistence
+from workflow_persistence.abc import ListFilters, Persistence
 from workflow_persistence.errors import (
     ConflictError,
     CorruptSnapshotError,
@@ -282,11 +283,7 @@ class RecordPersistence(Persistence):
 
     @abstractmethod
     def _write(
-        self,
-        workflow_id: str,
-        data: bytes,
-        expected_version: int | None,
-        columns: SnapshotColumns,
+        self, workflow_id: str, data: bytes, expected_version: int | None, columns: SnapshotColumns
     ) -> tuple[int, datetime]:
         """Store ``data`` and ``columns`` atomically; return ``(new version, updated_at)``.
 
@@ -359,26 +356,8 @@ class RecordPersistence(Persistence):
     def exists(self, workflow_id: str) -> bool:
         return self._contains(check_workflow_id(workflow_id), utc_now())
 
-    def list(
-        self,
-        *,
-        status: str | Collection[str] | None = None,
-        workflow_name: str | Collection[str] | None = None,
-        metadata: Mapping[str, MetadataValue] | None = None,
-        updated_before: datetime | None = None,
-        updated_after: datetime | None = None,
-        limit: int | None = None,
-        cursor: StoredSnapshotInfo | None = None,
-    ) -> builtins.list[StoredSnapshotInfo]:
-        query = ListQuery.checked(
-            status=status,
-            workflow_name=workflow_name,
-            metadata=metadata,
-            updated_before=updated_before,
-            updated_after=updated_after,
-            limit=limit,
-            cursor=cursor,
-        )
+    def list(self, **filters: Unpack[ListFilters]) -> builtins.list[StoredSnapshotInfo]:
+        query = ListQuery.checked(**filters)
         return self._infos(query)
 
     def prune(

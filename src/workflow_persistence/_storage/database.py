@@ -443,11 +443,7 @@ class DatabasePersistence(RecordPersistence):
     # -- RecordPersistence --------------------------------------------------------------
 
     def _write(
-        self,
-        workflow_id: str,
-        data: bytes,
-        expected_version: int | None,
-        columns: SnapshotColumns,
+        self, workflow_id: str, data: bytes, expected_version: int | None, columns: SnapshotColumns
     ) -> tuple[int, datetime]:
         return self._run(  # type: ignore[no-any-return]
             lambda lease, plan: operations.save(

@@ -215,11 +215,7 @@ class FilePersistence(RecordPersistence):
     # -- records ------------------------------------------------------------------------
 
     def _write(
-        self,
-        workflow_id: str,
-        data: bytes,
-        expected_version: int | None,
-        columns: SnapshotColumns,
+        self, workflow_id: str, data: bytes, expected_version: int | None, columns: SnapshotColumns
     ) -> tuple[int, datetime]:
         name = file_name(workflow_id)
         with self._locked() as dir_fd:

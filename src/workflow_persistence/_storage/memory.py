@@ -60,11 +60,7 @@ class InMemoryPersistence(RecordPersistence):
         return stored
 
     def _write(
-        self,
-        workflow_id: str,
-        data: bytes,
-        expected_version: int | None,
-        columns: SnapshotColumns,
+        self, workflow_id: str, data: bytes, expected_version: int | None, columns: SnapshotColumns
     ) -> tuple[int, datetime]:
         with self._lock:
             now = utc_now()

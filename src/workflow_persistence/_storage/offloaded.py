@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from os import PathLike
-from typing import TypeVar
+from typing import TypeVar, Unpack
 
 from workflow_persistence._serialization.serializers import Serializer
 from workflow_persistence._snapshot import StoredSnapshotInfo, WorkflowSnapshot
-from workflow_persistence.abc import AsyncPersistence, Persistence
+from workflow_persistence.abc import AsyncPersistence, ListFilters, Persistence
 
 from .file import DEFAULT_MAX_SIZE, FilePersistence
 from .memory import InMemoryPersistence
@@ -57,27 +57,9 @@ class _Offloaded(AsyncPersistence):
     async def exists(self, workflow_id: str) -> bool:
         return await self._call(lambda: self.sync.exists(workflow_id))
 
-    async def list(
-        self,
-        *,
-        status: str | Collection[str] | None = None,
-        workflow_name: str | Collection[str] | None = None,
-        metadata: Mapping[str, str | int | bool] | None = None,
-        updated_before: datetime | None = None,
-        updated_after: datetime | None = None,
-        limit: int | None = None,
-        cursor: StoredSnapshotInfo | None = None,
-    ) -> builtins.list[StoredSnapshotInfo]:
+    async def list(self, **filters: Unpack[ListFilters]) -> builtins.list[StoredSnapshotInfo]:
         return await self._call(
-            lambda: self.sync.list(
-                status=status,
-                workflow_name=workflow_name,
-                metadata=metadata,
-                updated_before=updated_before,
-                updated_after=updated_after,
-                limit=limit,
-                cursor=cursor,
-            )
+            lambda: self.sync.list(**filters)
         )
 
     async def prune(
