@@ -29,4 +29,4 @@ def repair() -> None:
     except ImportError:
         return
     if not callable(getattr(connection, "escape_bytes_prefixed", None)):
-        connection.escape_bytes_prefixed = escape_bytes_prefixed
+        setattr(connection, "escape_bytes_prefixed", escape_bytes_prefixed)  # noqa: B010
