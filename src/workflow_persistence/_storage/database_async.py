@@ -316,17 +316,7 @@ class AsyncDatabasePersistence(AsyncPersistence):
                 f" {self.timeout:g} s; nothing was sent. Retry, or give the engine a larger"
                 " pool_size or max_overflow"
             )
-        outcome = (
-            "Whether the write reached the database is unknown: load the record before"
-            " writing it again."
-            if write
-            else "Retry when the database answers again."
-        )
-        return StorageUnavailableError(
-            f"no answer from the database {self.engine.url!r} within {self.timeout:g} s"
-            f" (the server or the network stopped responding); the connection was"
-            f" closed. {outcome}"
-        )
+        return self._core._no_answer(write=write)
 
     # -- event loops --------------------------------------------------------------------
 
