@@ -24,17 +24,11 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from sqlalchemy import Engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
-    AsyncEngine,
-    async_sessionmaker,
-    create_async_engine,
-)
 from sqlalchemy.pool import Pool
 from sqlalchemy.util import greenlet_spawn
 
@@ -56,6 +50,9 @@ from .database import (
     engine_settings,
 )
 from .leases import Leases
+
+if TYPE_CHECKING:  # SQLAlchemy's asyncio needs greenlet, from the asyncio extra
+    from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 __all__ = ["AsyncDatabasePersistence", "make_async_engine"]
 
@@ -98,7 +95,7 @@ def make_async_engine(
     if driver == "aiomysql":
         repair()
     try:
-        engine = create_async_engine(parsed, **kwargs)
+        engine: AsyncEngine = _asyncio_extension().create_async_engine(parsed, **kwargs)
     except (
         sa_exc.ArgumentError,
         sa_exc.NoSuchModuleError,
@@ -116,16 +113,17 @@ def _async_engine_of(bind: object, timeout: float) -> tuple[AsyncEngine, bool]:
     if isinstance(bind, str | URL):
         # Pinging is the leases' job: they do it within the call's deadline.
         return make_async_engine(bind, timeout=timeout, pool_pre_ping=False), True
+    sa_asyncio = _asyncio_extension()
     engine: object = bind
-    if isinstance(bind, async_sessionmaker):
+    if isinstance(bind, sa_asyncio.async_sessionmaker):
         engine = bind.kw.get("bind")
         if engine is None:
             raise InvalidArgumentError(
                 "the async_sessionmaker has no bind; configure it with an AsyncEngine"
             )
-    if isinstance(engine, AsyncConnection):
+    if isinstance(engine, sa_asyncio.AsyncConnection):
         engine = engine.engine
-    if isinstance(engine, AsyncEngine):
+    if isinstance(engine, sa_asyncio.AsyncEngine):
         if engine.dialect.driver == "aiomysql":
             repair()
         return engine, False
@@ -138,6 +136,19 @@ def _async_engine_of(bind: object, timeout: float) -> tuple[AsyncEngine, bool]:
         "bind must be a database URL, an AsyncEngine or an async_sessionmaker, not"
         f" {type(bind).__name__}"
     )
+
+
+def _asyncio_extension() -> Any:
+    """SQLAlchemy's asyncio extension, imported on first use: it needs greenlet."""
+    try:
+        from sqlalchemy.ext import asyncio as extension
+    except ImportError as exc:
+        raise InvalidArgumentError(
+            "AsyncDatabasePersistence needs SQLAlchemy's asyncio support: install"
+            " workflow-persistence[postgresql-async], [mysql-async] or [sqlite-async]"
+            f" ({exc})"
+        ) from exc
+    return extension
 
 
 class _Core(DatabasePersistence):
