@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import async_database
 import contention
 import handwritten
 import listing
@@ -33,6 +34,7 @@ SECTIONS: list[tuple[str, Callable[[], str]]] = [
     ("DatabasePersistence vs the hand-written statement", handwritten.run),
     ("The repository in a caller's transaction vs the raw driver", repository.run),
     ("Against LangGraph's checkpointers", vs_langgraph.run),
+    ("AsyncDatabasePersistence vs the raw async driver and AsyncPostgresSaver", async_database.run),
     ("Peak memory of a 64 MiB snapshot", memory.run),
     ("Scale: 10^6 records, prune, list", scale.run),
     ("Contention: 2 processes x 4 threads", contention.run),

@@ -865,7 +865,9 @@ def first_line(exc: BaseException) -> str:
 def _check_sqlite_length(dbapi_connection: Any, data: bytes | bytearray | memoryview) -> None:
     import sqlite3
 
-    limit = dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+    # aiosqlite's connection (under SQLAlchemy's adapter) wraps sqlite3's in ``_conn``.
+    raw = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    limit = getattr(raw, "_conn", raw).getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
     if len(data) > limit:
         raise PayloadTooLargeError(
             f"the snapshot is {len(data)} bytes, more than SQLite's limit of {limit}",
