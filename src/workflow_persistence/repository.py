@@ -13,6 +13,7 @@ from sqlalchemy import Connection, inspect
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Mapper, Session, configure_mappers, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
+from typing_extensions import TypeVar as TypeVar_
 
 from workflow_persistence._serialization.columns import SnapshotColumns, columns_of
 from workflow_persistence._sql import aiomysql_bytes, operations
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = ["AsyncWorkflowInterruptRepository", "WorkflowInterruptRepository"]
 
 ModelT = TypeVar("ModelT", bound=WorkflowInterruptMixin)
+#: The same, WorkflowInterrupt when no model is given.
+ModelOrDefault = TypeVar_("ModelOrDefault", bound=WorkflowInterruptMixin, default=WorkflowInterrupt)
 R = TypeVar("R")
 
 _CURSOR_KEY = "workflow_persistence.cursor"
@@ -320,7 +323,7 @@ class WorkflowInterruptRepository(Generic[ModelT]):
                 self.session.expire(obj)
 
 
-class AsyncWorkflowInterruptRepository(Generic[ModelT]):
+class AsyncWorkflowInterruptRepository(Generic[ModelOrDefault]):
     """:class:`WorkflowInterruptRepository` for an ``AsyncSession``: the same methods as
     coroutines, inside the session's current transaction, never committing.
 
@@ -331,21 +334,15 @@ class AsyncWorkflowInterruptRepository(Generic[ModelT]):
     expired unless the session was made with ``expire_on_commit=False``.
     """
 
-    @overload
     def __init__(
-        self: AsyncWorkflowInterruptRepository[WorkflowInterrupt], async_session: AsyncSession
-    ) -> None: ...
-
-    @overload
-    def __init__(self, async_session: AsyncSession, model: type[ModelT]) -> None: ...
-
-    def __init__(self, async_session: AsyncSession, model: type[Any] = WorkflowInterrupt) -> None:
+        self,
+        async_session: AsyncSession,
+        model: type[ModelOrDefault] = WorkflowInterrupt,  # type: ignore[assignment]
+    ) -> None:
         self.async_session = async_session
         self.model = model
         #: The sync repository on the session's ``sync_session``, which does the work.
-        self.sync: WorkflowInterruptRepository[ModelT] = WorkflowInterruptRepository(
-            async_session.sync_session, model
-        )
+        self.sync = WorkflowInterruptRepository(async_session.sync_session, model)
 
     async def upsert(
         self,
@@ -363,10 +360,10 @@ class AsyncWorkflowInterruptRepository(Generic[ModelT]):
             ),
         )
 
-    async def get(self, workflow_id: str) -> ModelT | None:
+    async def get(self, workflow_id: str) -> ModelOrDefault | None:
         """See :meth:`WorkflowInterruptRepository.get`."""
 
-        def get() -> ModelT | None:
+        def get() -> ModelOrDefault | None:
             instance = self.sync.get(workflow_id)
             if instance is not None:
                 for name in inspect(instance).unloaded:  # a host model's own columns
