@@ -239,3 +239,25 @@ def test_after_a_failed_statement_postgresql_wants_a_rollback(
         assert "aborted" in str(caught.value)
         session.rollback()
         assert store.save(WorkflowSnapshot("w")) == 1
+
+
+@pytest.mark.parametrize("db_kind", ["sqlite"])
+def test_on_sqlite_a_writer_past_the_busy_timeout_gets_an_error(
+    engine: Engine, db_kind: str
+) -> None:
+    """SQLite has one writer: the second waits up to its busy timeout for the first's
+    commit; past it, StorageUnavailableError (retry), never a second winner."""
+    _committed(engine, WorkflowSnapshot("run"))
+    impatient = sa.create_engine(engine.url, connect_args={"timeout": 0.05})
+    try:
+        with Session(engine) as first, Session(impatient) as second:
+            SessionPersistence(first).save(WorkflowSnapshot("run"), expected_version=1)
+            with pytest.raises(StorageUnavailableError) as caught:
+                SessionPersistence(second).save(WorkflowSnapshot("run"), expected_version=1)
+            assert "locked" in str(caught.value)
+            second.rollback()
+            first.commit()
+        assert stored_version(engine, "run") == 2
+        assert impatient.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        impatient.dispose()
