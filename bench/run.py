@@ -24,6 +24,7 @@ import persistence
 import repository
 import scale
 import serializer
+import session
 import vs_langgraph
 
 import workflow_persistence
@@ -33,6 +34,7 @@ SECTIONS: list[tuple[str, Callable[[], str]]] = [
     ("DatabasePersistence vs the raw driver", persistence.run),
     ("DatabasePersistence vs the hand-written statement", handwritten.run),
     ("The repository in a caller's transaction vs the raw driver", repository.run),
+    ("SessionPersistence in a caller's transaction vs the hand-written one", session.run),
     ("Against LangGraph's checkpointers", vs_langgraph.run),
     ("AsyncDatabasePersistence vs the raw async driver and AsyncPostgresSaver", async_database.run),
     ("Peak memory of a 64 MiB snapshot", memory.run),

@@ -867,7 +867,10 @@ def _check_sqlite_length(dbapi_connection: Any, data: bytes | bytearray | memory
 
     # aiosqlite's connection (under SQLAlchemy's adapter) wraps sqlite3's in ``_conn``.
     raw = getattr(dbapi_connection, "driver_connection", dbapi_connection)
-    limit = getattr(raw, "_conn", raw).getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+    getlimit = getattr(getattr(raw, "_conn", raw), "getlimit", None)
+    if getlimit is None:  # an unknown wrapper: the driver's "too big" error tells instead
+        return
+    limit = getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
     if len(data) > limit:
         raise PayloadTooLargeError(
             f"the snapshot is {len(data)} bytes, more than SQLite's limit of {limit}",
