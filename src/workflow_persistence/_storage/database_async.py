@@ -28,7 +28,7 @@ from typing import Any, TypeVar, Unpack
 
 from sqlalchemy import Engine, event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Dialect
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -358,18 +358,30 @@ def _gate(leases: Leases) -> asyncio.Semaphore | None:
     return None if size is None else asyncio.Semaphore(size)
 
 
+#: Async drivers whose connections work on any event loop: psycopg waits through the
+#: running loop at each call, aiosqlite through a thread of its own. aiomysql's streams
+#: belong to the loop that opened them.
+_ANY_LOOP_DRIVERS = frozenset({"psycopg", "aiosqlite"})
+
+
 def _cut_off(leases: Leases, owned_engine: Engine | None) -> None:
     """Drop the connections of a loop that is gone, without waiting on them."""
+    if leases.dialect.driver in _ANY_LOOP_DRIVERS:
+        return
     old_pool = leases.pool
     new_pool: Pool | None = None
     if owned_engine is not None:
         owned_engine.dispose(close=False)
         new_pool = owned_engine.pool
     for lease in leases.abandon(new_pool, keep=False):
-        _terminate(leases.dialect, lease.conn.dbapi_connection)
+        _close_socket(lease.conn.dbapi_connection)
+        lease.conn.invalidate()  # the driver's close is a no-op now: nothing is awaited
+        lease.conn.close()
         if lease.guard is not None:
             lease.guard.close()
-    _terminate_pooled(old_pool, leases.dialect)
+    queue = getattr(old_pool, "_pool", None)  # QueuePool's idle connections
+    while queue is not None and not queue.empty():
+        _close_socket(getattr(queue.get(False), "dbapi_connection", None))
 
 
 def _cut_off_when_unused(leases: Leases, owned_engine: Engine | None) -> None:
@@ -377,29 +389,16 @@ def _cut_off_when_unused(leases: Leases, owned_engine: Engine | None) -> None:
     leases.detach(partial(_cut_off, leases, owned_engine))
 
 
-def _terminate_pooled(pool: Pool, dialect: Dialect) -> None:
-    queue = getattr(pool, "_pool", None)  # QueuePool's idle connections
-    get = getattr(queue, "get", None)
-    if get is None:
+def _close_socket(dbapi_connection: Any) -> None:
+    """Close an aiomysql connection's socket without its event loop, which may be closed
+    (the transport would schedule its close there), and disarm the driver's own close."""
+    driver: Any = getattr(dbapi_connection, "driver_connection", None)
+    writer = getattr(driver, "_writer", None)
+    if writer is None:
         return
-    while True:
-        try:
-            record = get(False)
-        except Exception:  # empty
-            return
-        _terminate(dialect, getattr(record, "dbapi_connection", None))
-
-
-def _terminate(dialect: Dialect, dbapi_connection: Any) -> None:
-    """Close a connection without awaiting anything."""
-    if dbapi_connection is None:
-        return
-    driver = getattr(dbapi_connection, "driver_connection", None)
-    pgconn = getattr(driver, "pgconn", None)
-    try:
-        if pgconn is not None:  # psycopg: libpq closes its socket, no loop needed
-            pgconn.finish()
-        else:  # aiomysql closes its transport, aiosqlite stops its thread
-            dialect.do_terminate(dbapi_connection)
-    except Exception:  # noqa: S110 - its loop is closed: the socket goes with the object
-        pass
+    transport = writer.transport
+    sock = getattr(transport, "_sock", None)
+    if sock is not None:
+        sock.close()
+        transport._sock = None  # so its finalizer does not close (or warn of) it again
+    driver._writer = driver._reader = None
