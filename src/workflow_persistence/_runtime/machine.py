@@ -147,38 +147,22 @@ Steps = Generator[Op, Any, T]
 
 
 @dataclass(slots=True)
-class Save:
-    snapshot: WorkflowSnapshot
-    expected_version: int
+class Store:
+    """A call on the persistence: ``save``, ``load`` or ``delete``."""
 
-    def run(self, persistence: Persistence) -> int:
-        return persistence.save(self.snapshot, expected_version=self.expected_version)
+    method: Literal["save", "load", "delete"]
+    args: tuple[Any, ...]
+    options: dict[str, Any]
 
-    async def arun(self, persistence: AsyncPersistence) -> int:
-        return await persistence.save(self.snapshot, expected_version=self.expected_version)
+    def run(self, persistence: Persistence) -> Any:
+        return getattr(persistence, self.method)(*self.args, **self.options)
 
-
-@dataclass(slots=True)
-class Load:
-    workflow_id: str
-
-    def run(self, persistence: Persistence) -> WorkflowSnapshot:
-        return persistence.load(self.workflow_id)
-
-    async def arun(self, persistence: AsyncPersistence) -> WorkflowSnapshot:
-        return await persistence.load(self.workflow_id)
+    async def arun(self, persistence: AsyncPersistence) -> Any:
+        return await getattr(persistence, self.method)(*self.args, **self.options)
 
 
-@dataclass(slots=True)
-class Delete:
-    workflow_id: str
-    expected_version: int | None
-
-    def run(self, persistence: Persistence) -> bool:
-        return persistence.delete(self.workflow_id, expected_version=self.expected_version)
-
-    async def arun(self, persistence: AsyncPersistence) -> bool:
-        return await persistence.delete(self.workflow_id, expected_version=self.expected_version)
+def save(snapshot: WorkflowSnapshot, expected_version: int) -> Store:
+    return Store("save", (snapshot,), {"expected_version": expected_version})
 
 
 @dataclass(slots=True)
@@ -303,7 +287,7 @@ class Machine:
     def start(self, snapshot: WorkflowSnapshot) -> Steps[RunResult]:
         """Claim a new run (its record must not exist yet), then run it."""
         try:
-            snapshot.version = yield Save(snapshot, 0)
+            snapshot.version = yield save(snapshot, 0)
         except ConflictError as exc:
             raise ConflictError(
                 f"a run with id {snapshot.workflow_id!r} is already stored (waiting, failed,"
@@ -322,7 +306,7 @@ class Machine:
         take_over: bool | timedelta,
     ) -> Steps[RunResult]:
         """Check the stored run can take ``answer``, claim it, then run it."""
-        snapshot: WorkflowSnapshot = yield Load(workflow_id)
+        snapshot: WorkflowSnapshot = yield Store("load", (workflow_id,), {})
         _refuse_completed(snapshot)
         _check_resumable(snapshot)
         loaded_version, stored_status = snapshot.version, snapshot.status
@@ -340,7 +324,7 @@ class Machine:
         snapshot.interrupt = None
         snapshot.error = None
         try:
-            snapshot.version = yield Save(snapshot, loaded_version)
+            snapshot.version = yield save(snapshot, loaded_version)
         except ConflictError as exc:
             raise ConflictError(
                 f"run {workflow_id!r} was claimed by another resume at the same moment;"
@@ -423,7 +407,7 @@ class Machine:
         """Save the claimed run; ``settles``: it is no longer "running" once saved."""
         try:
             snapshot = claim.snapshot
-            snapshot.version = yield Save(snapshot, snapshot.version)
+            snapshot.version = yield save(snapshot, snapshot.version)
         except ConflictError as exc:
             claim.held = False
             raise _taken_over(claim.snapshot) from exc
@@ -498,7 +482,7 @@ class Machine:
             return
         snapshot = claim.snapshot
         try:
-            yield Delete(snapshot.workflow_id, snapshot.version)
+            yield Store("delete", (snapshot.workflow_id,), {"expected_version": snapshot.version})
         except ConflictError as exc:
             claim.held = False
             raise _taken_over(snapshot) from exc

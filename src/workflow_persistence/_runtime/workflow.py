@@ -10,13 +10,19 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from workflow_persistence._events import StartEvent
 from workflow_persistence._ids import check_workflow_id
 from workflow_persistence._snapshot import WorkflowSnapshot
+from workflow_persistence._storage.database import DatabasePersistence
+from workflow_persistence._storage.database_async import AsyncDatabasePersistence
 from workflow_persistence._storage.memory import InMemoryPersistence
 from workflow_persistence._storage.offloaded import AsyncInMemoryPersistence
+from workflow_persistence._storage.session import AsyncSessionPersistence, SessionPersistence
 from workflow_persistence.abc import AsyncPersistence, Persistence
 from workflow_persistence.errors import (
     InvalidArgumentError,
@@ -28,7 +34,14 @@ from .graph import build_graph
 from .machine import Machine, RunResult, Steps, WorkflowState, arun, run
 from .retry import NO_RETRY, RetryPolicy
 
-__all__ = ["RunResult", "Workflow", "WorkflowState", "new_workflow_id"]
+__all__ = [
+    "ResumeOptions",
+    "RunResult",
+    "StartOptions",
+    "Workflow",
+    "WorkflowState",
+    "new_workflow_id",
+]
 
 #: The longest a workflow name may be: the length of its column.
 MAX_NAME_LENGTH = 255
@@ -94,39 +107,35 @@ class Workflow:
     # -- starting and resuming ----------------------------------------------------------
 
     def start(
-        self,
-        state: Mapping[str, Any] | None = None,
-        *,
-        workflow_id: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        self, state: Mapping[str, Any] | None = None, **options: Unpack[StartOptions[Session]]
     ) -> RunResult:
         """Begin a run; it returns when the run completes or pauses at an interrupt.
 
-        The id must be new: starting under the id of a stored run raises ConflictError.
-        A state or metadata that cannot be stored raises SerializationError and stores
-        nothing.
+        ``workflow_id`` (default: a new random one) must be new: starting under the id of
+        a stored run raises ConflictError. ``metadata`` is stored with the run. A state or
+        metadata that cannot be stored raises SerializationError and stores nothing.
+
+        ``session``: a SQLAlchemy ``Session`` whose transaction the run's writes join
+        (the claim, every checkpoint, the final snapshot or the delete), so they commit
+        or roll back with the app's own rows; the workflow never commits. It needs a
+        workflow whose persistence is a DatabasePersistence (its serializer and model
+        are used).
         """
-        persistence = self._sync_persistence("start")
-        return run(self._starting(state, workflow_id, metadata), persistence)
+        persistence = self._sync_persistence("start", options)
+        return run(self._starting(state, options), persistence)
 
     async def astart(
         self,
         state: Mapping[str, Any] | None = None,
-        *,
-        workflow_id: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        **options: Unpack[StartOptions[AsyncSession]],
     ) -> RunResult:
-        """:meth:`start` on the event loop, for a workflow with an AsyncPersistence."""
-        persistence = self._async_persistence("astart")
-        return await arun(self._starting(state, workflow_id, metadata), persistence)
+        """:meth:`start` on the event loop, for a workflow with an AsyncPersistence;
+        ``session`` is an ``AsyncSession`` and needs an AsyncDatabasePersistence."""
+        persistence = self._async_persistence("astart", options)
+        return await arun(self._starting(state, options), persistence)
 
     def resume(
-        self,
-        workflow_id: str,
-        answer: Any = None,
-        *,
-        expected_version: int | None = None,
-        take_over: bool | timedelta = False,
+        self, workflow_id: str, answer: Any = None, **options: Unpack[ResumeOptions[Session]]
     ) -> RunResult:
         """Continue a paused run with ``answer``, or retry a failed run's node.
 
@@ -141,26 +150,25 @@ class Workflow:
         more than your slowest node takes): the safe way to recover from a dead claimant.
         ``take_over=True`` claims it at once; use it only when the claimant is known to be
         gone, since taking over re-runs the node that was running.
+
+        ``session``: as for :meth:`start`. Of two resumes in two transactions, the second
+        waits for the first to commit and then raises ConflictError.
         """
-        persistence = self._sync_persistence("resume")
-        steps = self._resuming(workflow_id, answer, expected_version, take_over)
-        return run(steps, persistence)
+        persistence = self._sync_persistence("resume", options)
+        return run(self._resuming(workflow_id, answer, options), persistence)
 
     async def aresume(
         self,
         workflow_id: str,
         answer: Any = None,
-        *,
-        expected_version: int | None = None,
-        take_over: bool | timedelta = False,
+        **options: Unpack[ResumeOptions[AsyncSession]],
     ) -> RunResult:
         """:meth:`resume` on the event loop, for a workflow with an AsyncPersistence.
 
         Of two concurrent ``aresume`` calls (in one process or many) exactly one proceeds.
         """
-        persistence = self._async_persistence("aresume")
-        steps = self._resuming(workflow_id, answer, expected_version, take_over)
-        return await arun(steps, persistence)
+        persistence = self._async_persistence("aresume", options)
+        return await arun(self._resuming(workflow_id, answer, options), persistence)
 
     # -- what the four calls share ------------------------------------------------------
 
@@ -175,12 +183,11 @@ class Workflow:
         )
 
     def _starting(
-        self,
-        state: Mapping[str, Any] | None,
-        workflow_id: str | None,
-        metadata: Mapping[str, Any] | None,
+        self, state: Mapping[str, Any] | None, options: StartOptions[Any]
     ) -> Steps[RunResult]:
         """Check the arguments of ``start``; the steps that claim and run the new run."""
+        workflow_id = options.get("workflow_id")
+        metadata = options.get("metadata")
         workflow_id = new_workflow_id() if workflow_id is None else check_workflow_id(workflow_id)
         if state is not None and not isinstance(state, Mapping):
             raise InvalidArgumentError(f"state must be a mapping, not {type(state).__name__}")
@@ -198,22 +205,25 @@ class Workflow:
         return self._machine().start(snapshot)
 
     def _resuming(
-        self,
-        workflow_id: str,
-        answer: Any,
-        expected_version: int | None,
-        take_over: bool | timedelta,
+        self, workflow_id: str, answer: Any, options: ResumeOptions[Any]
     ) -> Steps[RunResult]:
         """Check the arguments of ``resume``; the steps that claim and run the run."""
+        take_over = options.get("take_over", False)
         if not isinstance(take_over, bool | timedelta):
             raise InvalidArgumentError(
                 f"take_over must be a bool or a timedelta, not {type(take_over).__name__}"
             )
         return self._machine().resume(
-            workflow_id, answer, expected_version=expected_version, take_over=take_over
+            workflow_id,
+            answer,
+            expected_version=options.get("expected_version"),
+            take_over=take_over,
         )
 
-    def _sync_persistence(self, call: str) -> Persistence:
+    def _sync_persistence(
+        self, call: str, options: StartOptions[Any] | ResumeOptions[Any]
+    ) -> Persistence:
+        """Where ``start``/``resume`` write: the persistence, or the caller's session."""
         persistence = self.persistence
         if isinstance(persistence, AsyncPersistence):
             raise WorkflowError(
@@ -221,9 +231,16 @@ class Workflow:
                 f" ({type(persistence).__name__}); call `await workflow.a{call}(...)`"
                 f" instead of {call}() (astart/aresume run on the event loop)"
             )
-        return persistence
+        session = _checked_options(call, options, Session)
+        if session is None:
+            return persistence
+        joined = _joined(call, persistence, DatabasePersistence, session)
+        return SessionPersistence(session, serializer=joined.serializer, model=joined.model)
 
-    def _async_persistence(self, call: str) -> AsyncPersistence:
+    def _async_persistence(
+        self, call: str, options: StartOptions[Any] | ResumeOptions[Any]
+    ) -> AsyncPersistence:
+        """Where ``astart``/``aresume`` write: the persistence, or the caller's session."""
         persistence = self.persistence
         if not isinstance(persistence, AsyncPersistence):
             raise WorkflowError(
@@ -232,7 +249,60 @@ class Workflow:
                 f" {call}() (start/resume), or give the workflow an async persistence such"
                 " as AsyncDatabasePersistence"
             )
-        return persistence
+        session = _checked_options(call, options, AsyncSession)
+        if session is None:
+            return persistence
+        joined = _joined(call, persistence, AsyncDatabasePersistence, session)
+        return AsyncSessionPersistence(session, serializer=joined.serializer, model=joined.model)
+
+
+S = TypeVar("S")
+B = TypeVar("B", DatabasePersistence, AsyncDatabasePersistence)
+
+
+def _checked_options(
+    call: str, options: StartOptions[Any] | ResumeOptions[Any], session_type: type[S]
+) -> S | None:
+    """Refuse keywords the call does not take (as Python would); the session, if given."""
+    known = StartOptions.__optional_keys__ if "start" in call else ResumeOptions.__optional_keys__
+    for key in options:
+        if key not in known:
+            raise TypeError(f"{call}() got an unexpected keyword argument {key!r}")
+    session = options.get("session")
+    if session is not None and not isinstance(session, session_type):
+        raise InvalidArgumentError(
+            f"{call}(session=...) takes a SQLAlchemy {session_type.__name__}, not"
+            f" {type(session).__name__}"
+        )
+    return session
+
+
+def _joined(call: str, persistence: object, wanted: type[B], session: object) -> B:
+    """The database persistence whose serializer and model a session's writes use."""
+    if not isinstance(persistence, wanted):
+        raise InvalidArgumentError(
+            f"{call}(session=...) writes the run in your {type(session).__name__}'s"
+            f" transaction, which needs a workflow whose persistence is a"
+            f" {wanted.__name__} (its serializer and table are used), not"
+            f" {type(persistence).__name__}"
+        )
+    return persistence
+
+
+class StartOptions(TypedDict, Generic[S], total=False):
+    """The keyword arguments of ``start`` (``S``: Session) and ``astart`` (AsyncSession)."""
+
+    workflow_id: str | None
+    metadata: Mapping[str, Any] | None
+    session: S | None
+
+
+class ResumeOptions(TypedDict, Generic[S], total=False):
+    """The keyword arguments of ``resume`` (``S``: Session) and ``aresume`` (AsyncSession)."""
+
+    expected_version: int | None
+    take_over: bool | timedelta
+    session: S | None
 
 
 def _checked_persistence(
@@ -257,9 +327,7 @@ def _checked_name(name: object) -> str | None:
     if name is None:
         return None
     if type(name) is not str:
-        raise WorkflowDefinitionError(
-            f"name must be None or a str, not {type(name).__name__}"
-        )
+        raise WorkflowDefinitionError(f"name must be None or a str, not {type(name).__name__}")
     if not name or len(name) > MAX_NAME_LENGTH:
         raise WorkflowDefinitionError(
             f"name must be 1 to {MAX_NAME_LENGTH} characters long, not {len(name)}"
@@ -276,5 +344,3 @@ def _checked_keep_completed(keep: object) -> timedelta | None:
             f" timedelta, such as timedelta(days=7), not {keep!r}"
         )
     return keep
-
-
