@@ -7,14 +7,12 @@ import asyncio
 import gc
 import threading
 import warnings
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import URL
 
 from workflow_persistence import (
     AsyncDatabasePersistence,
@@ -40,7 +38,9 @@ from workflow_persistence import (
 )
 
 from . import flows
-from .test_database_async import async_url
+
+# The async database fixtures: each database through its async driver, no leaked connection.
+from .test_database_async import store, sync_engine, url  # noqa: F401
 
 #: Long enough for any machine, short enough that a blocked loop fails the test.
 BOUND = 20.0
@@ -259,23 +259,10 @@ async def test_two_concurrent_aresume_one_proceeds(astore: AsyncPersistence) -> 
     await _one_of_two_resumes_proceeds(astore)
 
 
-@pytest.fixture
-async def async_db(url: URL) -> AsyncIterator[AsyncDatabasePersistence]:
-    persistence = AsyncDatabasePersistence(url, serializer=JsonSerializer())
-    yield persistence
-    await persistence.aclose()
-    assert persistence.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def url(engine: Any) -> URL:
-    return async_url(engine.url)
-
-
 async def test_two_concurrent_aresume_one_proceeds_on_each_database(
-    async_db: AsyncDatabasePersistence,
+    store: AsyncDatabasePersistence,  # noqa: F811 - the fixture imported above
 ) -> None:
-    await _one_of_two_resumes_proceeds(async_db)
+    await _one_of_two_resumes_proceeds(store)
 
 
 # -- cancellation -----------------------------------------------------------------------------
@@ -319,9 +306,9 @@ async def test_a_cancelled_run_is_saved_as_failed(astore: AsyncPersistence, plai
 
 
 async def test_a_cancelled_run_is_saved_as_failed_on_each_database(
-    async_db: AsyncDatabasePersistence,
+    store: AsyncDatabasePersistence,  # noqa: F811 - the fixture imported above
 ) -> None:
-    await _cancel_mid_node(async_db, plain=False)
+    await _cancel_mid_node(store, plain=False)
 
 
 # -- construction and the other API -------------------------------------------------------------
