@@ -10,16 +10,14 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from typing import Any, Generic, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, Unpack
 
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from workflow_persistence._events import StartEvent
 from workflow_persistence._ids import check_workflow_id
 from workflow_persistence._snapshot import WorkflowSnapshot
 from workflow_persistence._storage.database import DatabasePersistence
-from workflow_persistence._storage.database_async import AsyncDatabasePersistence
 from workflow_persistence._storage.memory import InMemoryPersistence
 from workflow_persistence._storage.offloaded import AsyncInMemoryPersistence
 from workflow_persistence._storage.session import AsyncSessionPersistence, SessionPersistence
@@ -33,6 +31,11 @@ from workflow_persistence.errors import (
 from .graph import build_graph
 from .machine import Machine, RunResult, Steps, WorkflowState, arun, run
 from .retry import NO_RETRY, RetryPolicy
+
+if TYPE_CHECKING:  # SQLAlchemy's asyncio needs greenlet, an extra: imported when used
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from workflow_persistence._storage.database_async import AsyncDatabasePersistence
 
 __all__ = [
     "ResumeOptions",
@@ -231,10 +234,10 @@ class Workflow:
                 f" ({type(persistence).__name__}); call `await workflow.a{call}(...)`"
                 f" instead of {call}() (astart/aresume run on the event loop)"
             )
-        session = _checked_options(call, options, Session)
+        session = _checked_options(call, options)
         if session is None:
             return persistence
-        joined = _joined(call, persistence, DatabasePersistence, session)
+        joined = _joined(call, persistence, DatabasePersistence, session, Session)
         return SessionPersistence(session, serializer=joined.serializer, model=joined.model)
 
     def _async_persistence(
@@ -249,36 +252,39 @@ class Workflow:
                 f" {call}() (start/resume), or give the workflow an async persistence such"
                 " as AsyncDatabasePersistence"
             )
-        session = _checked_options(call, options, AsyncSession)
+        session = _checked_options(call, options)
         if session is None:
             return persistence
-        joined = _joined(call, persistence, AsyncDatabasePersistence, session)
+        from sqlalchemy.ext.asyncio import AsyncSession
+
+        from workflow_persistence._storage.database_async import AsyncDatabasePersistence
+
+        joined = _joined(call, persistence, AsyncDatabasePersistence, session, AsyncSession)
         return AsyncSessionPersistence(session, serializer=joined.serializer, model=joined.model)
 
 
 S = TypeVar("S")
-B = TypeVar("B", DatabasePersistence, AsyncDatabasePersistence)
+B = TypeVar("B", "DatabasePersistence", "AsyncDatabasePersistence")
 
 
-def _checked_options(
-    call: str, options: StartOptions[Any] | ResumeOptions[Any], session_type: type[S]
-) -> S | None:
+def _checked_options(call: str, options: StartOptions[S] | ResumeOptions[S]) -> S | None:
     """Refuse keywords the call does not take (as Python would); the session, if given."""
     known = StartOptions.__optional_keys__ if "start" in call else ResumeOptions.__optional_keys__
     for key in options:
         if key not in known:
             raise TypeError(f"{call}() got an unexpected keyword argument {key!r}")
-    session = options.get("session")
-    if session is not None and not isinstance(session, session_type):
+    return options.get("session")
+
+
+def _joined(
+    call: str, persistence: object, wanted: type[B], session: object, session_type: type
+) -> B:
+    """The database persistence whose serializer and model a session's writes use."""
+    if not isinstance(session, session_type):
         raise InvalidArgumentError(
             f"{call}(session=...) takes a SQLAlchemy {session_type.__name__}, not"
             f" {type(session).__name__}"
         )
-    return session
-
-
-def _joined(call: str, persistence: object, wanted: type[B], session: object) -> B:
-    """The database persistence whose serializer and model a session's writes use."""
     if not isinstance(persistence, wanted):
         raise InvalidArgumentError(
             f"{call}(session=...) writes the run in your {type(session).__name__}'s"
