@@ -16,6 +16,7 @@ from workflow_persistence._storage.database import DatabasePersistence
 from workflow_persistence._storage.file import FilePersistence
 from workflow_persistence._storage.memory import InMemoryPersistence
 from workflow_persistence._storage.offloaded import AsyncFilePersistence, AsyncInMemoryPersistence
+from workflow_persistence._storage.session import AsyncSessionPersistence, SessionPersistence
 
 from ._events import Event, StartEvent, StopEvent
 from ._snapshot import Decision, ErrorInfo, StoredSnapshotInfo, WorkflowSnapshot
@@ -35,7 +36,7 @@ from .errors import (
     WorkflowNotFoundError,
 )
 from .models import WorkflowInterrupt, WorkflowInterruptMixin, metadata
-from .repository import WorkflowInterruptRepository
+from .repository import AsyncWorkflowInterruptRepository, WorkflowInterruptRepository
 
 __version__ = "0.1.0"
 
@@ -43,6 +44,8 @@ __all__ = [
     "AsyncFilePersistence",
     "AsyncInMemoryPersistence",
     "AsyncPersistence",
+    "AsyncSessionPersistence",
+    "AsyncWorkflowInterruptRepository",
     "ConflictError",
     "CorruptSnapshotError",
     "DatabasePersistence",
@@ -62,6 +65,7 @@ __all__ = [
     "RunResult",
     "SerializationError",
     "Serializer",
+    "SessionPersistence",
     "StartEvent",
     "StopEvent",
     "StorageUnavailableError",

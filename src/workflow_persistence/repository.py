@@ -6,7 +6,8 @@ import builtins
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Generic, TypeVar, Unpack, cast, overload
+from functools import partial
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack, cast, overload
 
 from sqlalchemy import Connection, inspect
 from sqlalchemy import exc as sa_exc
@@ -14,10 +15,11 @@ from sqlalchemy.orm import Mapper, Session, configure_mappers, make_transient_to
 from sqlalchemy.orm.attributes import set_committed_value
 
 from workflow_persistence._serialization.columns import SnapshotColumns, columns_of
-from workflow_persistence._sql import operations
+from workflow_persistence._sql import aiomysql_bytes, operations
 from workflow_persistence._sql.operations import Cursor, DialectPlan, plan_for
 from workflow_persistence._storage.base import (
     ListQuery,
+    PruneQuery,
     Record,
     check_aware,
     check_expected_version,
@@ -29,7 +31,10 @@ from .abc import ListFilters
 from .errors import InvalidArgumentError, PersistenceError
 from .models import WorkflowInterrupt, WorkflowInterruptMixin
 
-__all__ = ["WorkflowInterruptRepository"]
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+__all__ = ["AsyncWorkflowInterruptRepository", "WorkflowInterruptRepository"]
 
 ModelT = TypeVar("ModelT", bound=WorkflowInterruptMixin)
 R = TypeVar("R")
@@ -83,6 +88,8 @@ class WorkflowInterruptRepository(Generic[ModelT]):
         if current is not None and current[0] is transaction and transaction.is_active:
             return current[1], current[2], current[3]
         connection = self.session.connection(bind_arguments={"mapper": self._mapper})
+        if connection.dialect.driver == "aiomysql":  # aio-libs/aiomysql#1080
+            aiomysql_bytes.repair()
         plan = plan_for(self._table, connection.dialect)
         observed = _instrumented(connection)
         self._in_transaction = (self.session.get_transaction(), connection, plan, observed)
@@ -96,10 +103,8 @@ class WorkflowInterruptRepository(Generic[ModelT]):
         else:
             # Looked up each call: a repository that drops a large result replaces the
             # connection's cursor, and every repository on the session sees the new one.
-            pooled = connection.connection
-            cursor = pooled.info.get(_CURSOR_KEY) or pooled.info.setdefault(
-                _CURSOR_KEY, pooled.cursor()
-            )
+            info = connection.connection.info
+            cursor = info.get(_CURSOR_KEY) or info.setdefault(_CURSOR_KEY, _new_cursor(connection))
         try:
             return operation(cursor, connection, plan)
         except PersistenceError:
@@ -154,14 +159,23 @@ class WorkflowInterruptRepository(Generic[ModelT]):
             raise InvalidArgumentError(
                 f"columns must be SnapshotColumns or None, not {type(columns).__name__}"
             )
-        written = columns
-        version, _ = self._run(
+        return self._save(workflow_id, data, expected, columns)[0]
+
+    def _save(
+        self,
+        workflow_id: str,
+        data: bytes | bytearray | memoryview,
+        expected_version: int | None,
+        columns: SnapshotColumns,
+    ) -> tuple[int, datetime]:
+        """Write checked arguments; return ``(version, updated_at)``."""
+        saved = self._run(
             lambda cursor, connection, plan: operations.save(
-                cursor, connection.connection, plan, workflow_id, data, expected, written
+                cursor, connection.connection, plan, workflow_id, data, expected_version, columns
             )
         )
         self._forget(workflow_id)
-        return version
+        return saved
 
     def get(self, workflow_id: str) -> ModelT | None:
         """The row as a persistent instance in the session, freshly read, or None.
@@ -171,9 +185,15 @@ class WorkflowInterruptRepository(Generic[ModelT]):
         columns hold what the library never writes raises CorruptSnapshotError.
         """
         workflow_id = check_workflow_id(workflow_id)
-        found = self._run(
-            lambda cursor, connection, plan: _read_releasing(cursor, connection, plan, workflow_id)
-        )
+        def read(
+            cursor: Cursor, connection: Connection, plan: DialectPlan
+        ) -> tuple[Record, dict[str, Any]] | None:
+            found = operations.read_row(cursor, plan, workflow_id)
+            if found is not None:
+                _release_if_large(cursor, connection, len(found[0][0]))
+            return found
+
+        found = self._run(read)
         if found is None:
             return None
         (data, version, created_at, updated_at, expires_at), columns = found
@@ -224,12 +244,7 @@ class WorkflowInterruptRepository(Generic[ModelT]):
         """Rows that have not expired, newest first (ties by ``workflow_id``), in one
         SELECT that never reads ``data``; filtered as ``Persistence.list`` is. Damaged rows
         are left out (and named in a warning on the ``workflow_persistence`` logger)."""
-        query = ListQuery.checked(**filters)
-        if query.limit == 0:
-            return []
-        return self._run(
-            lambda db_cursor, connection, plan: operations.infos(db_cursor, plan, query)
-        )
+        return self._infos(ListQuery.checked(**filters))
 
     def delete_older_than(self, cutoff: datetime, *, limit: int | None = None) -> int:
         """Delete rows last updated before ``cutoff`` (at most ``limit``); return how many."""
@@ -241,14 +256,56 @@ class WorkflowInterruptRepository(Generic[ModelT]):
                 cursor, plan, cutoff, limit
             )
         )
-        # Rows deleted by SQL leave stale instances behind; drop what the session holds,
-        # reading only what is loaded (an expired instance would be loaded, and be gone).
+        self._expunge_where(lambda loaded: loaded["updated_at"] < cutoff)
+        return deleted
+
+    def _expunge_where(self, deleted: Callable[[dict[str, Any]], bool]) -> None:
+        """Rows deleted by SQL leave stale instances behind: drop those the session holds
+        whose loaded attributes ``deleted`` matches, and those it cannot tell (an expired
+        instance would be loaded, and be gone)."""
         for obj in builtins.list(self.session.identity_map.values()):
             if isinstance(obj, self.model):
-                updated_at = inspect(obj).dict.get("updated_at")
-                if updated_at is None or updated_at < cutoff:
+                loaded = inspect(obj).dict
+                if "updated_at" not in loaded or "status" not in loaded or deleted(loaded):
                     self.session.expunge(obj)
-        return deleted
+
+    # -- for SessionPersistence: checked arguments, records rather than instances --------
+
+    def _record(self, workflow_id: str) -> Record | None:
+        def read(cursor: Cursor, connection: Connection, plan: DialectPlan) -> Record | None:
+            record = operations.read(cursor, plan, workflow_id)
+            if record is not None:
+                _release_if_large(cursor, connection, len(record[0]))
+            return record
+
+        return self._run(read)
+
+    def _infos(self, query: ListQuery) -> builtins.list[StoredSnapshotInfo]:
+        if query.limit == 0:
+            return []
+        return self._run(lambda cursor, connection, plan: operations.infos(cursor, plan, query))
+
+    def _prune(self, query: PruneQuery) -> int:
+        """Expired records, then old ones (when ``query`` asks), in batches, all in the
+        caller's transaction; the session's instances of deleted rows are dropped."""
+        total = self._prune_all(query, expired=True)
+        if query.cutoff is not None and query.statuses != ():
+            total += self._prune_all(query, expired=False)
+        self._expunge_where(
+            lambda loaded: query.matches(
+                loaded["updated_at"], loaded["status"], loaded.get("expires_at")
+            )
+        )
+        return total
+
+    def _prune_all(self, query: PruneQuery, *, expired: bool) -> int:
+        total, floor = 0, None
+        while True:
+            batch = partial(_prune_batch, query=query, expired=expired, floor=floor)
+            removed, floor = self._run(batch)
+            total += removed
+            if removed < operations.PRUNE_BATCH:
+                return total
 
     def _forget(self, workflow_id: str, *, expunge: bool = False) -> None:
         """Keep the identity map honest after a write to ``workflow_id``'s row."""
@@ -261,6 +318,89 @@ class WorkflowInterruptRepository(Generic[ModelT]):
                 self.session.expunge(obj)
             else:
                 self.session.expire(obj)
+
+
+class AsyncWorkflowInterruptRepository(Generic[ModelT]):
+    """:class:`WorkflowInterruptRepository` for an ``AsyncSession``: the same methods as
+    coroutines, inside the session's current transaction, never committing.
+
+    Each call runs the sync repository's code through ``AsyncSession.run_sync``, on the
+    session's async driver (psycopg's async mode, aiomysql, aiosqlite): the statements
+    and their handling exist once. ``get`` returns an instance with every column loaded,
+    usable after the call without lazy loading; after ``await session.commit()`` it is
+    expired unless the session was made with ``expire_on_commit=False``.
+    """
+
+    @overload
+    def __init__(
+        self: AsyncWorkflowInterruptRepository[WorkflowInterrupt], async_session: AsyncSession
+    ) -> None: ...
+
+    @overload
+    def __init__(self, async_session: AsyncSession, model: type[ModelT]) -> None: ...
+
+    def __init__(self, async_session: AsyncSession, model: type[Any] = WorkflowInterrupt) -> None:
+        self.async_session = async_session
+        self.model = model
+        #: The sync repository on the session's ``sync_session``, which does the work.
+        self.sync: WorkflowInterruptRepository[ModelT] = WorkflowInterruptRepository(
+            async_session.sync_session, model
+        )
+
+    async def upsert(
+        self,
+        workflow_id: str,
+        data: bytes | bytearray | memoryview,
+        *,
+        expected_version: int | None = None,
+        columns: SnapshotColumns | None = None,
+    ) -> int:
+        """See :meth:`WorkflowInterruptRepository.upsert`."""
+        return await run_synced(
+            self.async_session,
+            lambda: self.sync.upsert(
+                workflow_id, data, expected_version=expected_version, columns=columns
+            ),
+        )
+
+    async def get(self, workflow_id: str) -> ModelT | None:
+        """See :meth:`WorkflowInterruptRepository.get`."""
+
+        def get() -> ModelT | None:
+            instance = self.sync.get(workflow_id)
+            if instance is not None:
+                for name in inspect(instance).unloaded:  # a host model's own columns
+                    getattr(instance, name)
+            return instance
+
+        return await run_synced(self.async_session, get)
+
+    async def exists(self, workflow_id: str) -> bool:
+        """See :meth:`WorkflowInterruptRepository.exists`."""
+        return await run_synced(self.async_session, lambda: self.sync.exists(workflow_id))
+
+    async def delete(self, workflow_id: str, *, expected_version: int | None = None) -> bool:
+        """See :meth:`WorkflowInterruptRepository.delete`."""
+        return await run_synced(
+            self.async_session,
+            lambda: self.sync.delete(workflow_id, expected_version=expected_version),
+        )
+
+    async def list(self, **filters: Unpack[ListFilters]) -> builtins.list[StoredSnapshotInfo]:
+        """See :meth:`WorkflowInterruptRepository.list`."""
+        return await run_synced(self.async_session, lambda: self.sync.list(**filters))
+
+    async def delete_older_than(self, cutoff: datetime, *, limit: int | None = None) -> int:
+        """See :meth:`WorkflowInterruptRepository.delete_older_than`."""
+        return await run_synced(
+            self.async_session, lambda: self.sync.delete_older_than(cutoff, limit=limit)
+        )
+
+
+async def run_synced(async_session: AsyncSession, call: Callable[[], R]) -> R:
+    """``call()``, sync code on ``async_session.sync_session``, run where it may wait on
+    the async driver (SQLAlchemy's greenlet bridge)."""
+    return await async_session.run_sync(lambda _session: call())
 
 
 def columns_from_data(data: bytes | bytearray | memoryview) -> SnapshotColumns:
@@ -284,18 +424,61 @@ def _stand_in_serializer() -> Any:
     return _STAND_IN[0]
 
 
-def _read_releasing(
-    cursor: Cursor, connection: Connection, plan: DialectPlan, workflow_id: str
-) -> tuple[Record, dict[str, Any]] | None:
-    """Read a row; after a large one, give the connection a fresh cursor so the old
-    one's result (the whole record, held by the driver) is freed."""
-    found = operations.read_row(cursor, plan, workflow_id)
-    if found is not None and len(found[0][0]) >= operations.RELEASE_RESULT_BYTES:
+def _prune_batch(
+    cursor: Cursor, _connection: Connection, plan: DialectPlan, *, query: PruneQuery,
+    expired: bool, floor: Any,
+) -> tuple[int, Any]:
+    return operations.prune_batch(cursor, plan, query, expired, floor)
+
+
+def _release_if_large(cursor: Cursor, connection: Connection, size: int) -> None:
+    """After reading a large record on ``cursor``, give the connection a fresh cursor so
+    the old one's result (the whole record, held by the driver) is freed."""
+    if size >= operations.RELEASE_RESULT_BYTES:
         info = connection.connection.info
         if info.get(_CURSOR_KEY) is cursor:
-            info[_CURSOR_KEY] = connection.connection.cursor()
+            info[_CURSOR_KEY] = _new_cursor(connection)
             cast(Any, cursor).close()
-    return found
+
+
+def _new_cursor(connection: Connection) -> Cursor:
+    cursor = connection.connection.cursor()
+    if connection.dialect.is_async and connection.dialect.driver == "psycopg":
+        return _AsyncPsycopgCursor(cursor)
+    return cast(Cursor, cursor)
+
+
+class _AsyncPsycopgCursor:
+    """psycopg's async cursor as SQLAlchemy adapts it for sync code, which passes no
+    execute options: binary results (a blob as bytes rather than hex text) are asked for
+    through the cursor's format instead."""
+
+    def __init__(self, adapted: Any) -> None:
+        from psycopg.pq import Format
+
+        self._adapted = adapted
+        self._formats = (Format.TEXT, Format.BINARY)
+
+    def execute(self, sql: str, params: Any = (), /, **options: Any) -> Any:
+        self._adapted._cursor.format = self._formats[bool(options.get("binary"))]
+        return self._adapted.execute(sql, params)
+
+    def fetchone(self) -> Any:
+        return self._adapted.fetchone()
+
+    def fetchall(self) -> Sequence[Any]:
+        return self._adapted.fetchall()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._adapted.close()
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._adapted.rowcount)
+
+    @property
+    def lastrowid(self) -> Any:
+        return self._adapted.lastrowid
 
 
 def _instrumented(connection: Connection) -> bool:

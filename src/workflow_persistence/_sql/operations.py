@@ -865,7 +865,10 @@ def first_line(exc: BaseException) -> str:
 def _check_sqlite_length(dbapi_connection: Any, data: bytes | bytearray | memoryview) -> None:
     import sqlite3
 
-    limit = dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+    getlimit = getattr(dbapi_connection, "getlimit", None)
+    if getlimit is None:  # aiosqlite's adapter: the driver's "too big" error tells instead
+        return
+    limit = getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
     if len(data) > limit:
         raise PayloadTooLargeError(
             f"the snapshot is {len(data)} bytes, more than SQLite's limit of {limit}",
