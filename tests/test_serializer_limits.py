@@ -55,8 +55,9 @@ CHILD_HELPERS = textwrap.dedent(
     from dataclasses import dataclass
     from datetime import UTC, datetime, timedelta, timezone
     from workflow_persistence import (
-        CorruptSnapshotError, JsonSerializer, SerializationError, WorkflowSnapshot, _framing,
+        CorruptSnapshotError, JsonSerializer, SerializationError, WorkflowSnapshot,
     )
+    from workflow_persistence._serialization import framing as _framing
 
     @dataclass
     class Link:

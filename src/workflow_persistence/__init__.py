@@ -13,6 +13,7 @@ from workflow_persistence._serialization.serializers import (
     Serializer,
 )
 from workflow_persistence._storage.database import DatabasePersistence
+from workflow_persistence._storage.database_async import AsyncDatabasePersistence
 from workflow_persistence._storage.file import FilePersistence
 from workflow_persistence._storage.memory import InMemoryPersistence
 from workflow_persistence._storage.offloaded import AsyncFilePersistence, AsyncInMemoryPersistence
@@ -41,6 +42,7 @@ from .repository import AsyncWorkflowInterruptRepository, WorkflowInterruptRepos
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncDatabasePersistence",
     "AsyncFilePersistence",
     "AsyncInMemoryPersistence",
     "AsyncPersistence",

@@ -48,7 +48,9 @@ def hex_escaped_size(data: bytes | bytearray | memoryview) -> int:
 
 def _sizer_for(dbapi_connection: Any) -> Sizer:
     """How this driver escapes a blob, learned from its own escaper."""
-    escape = getattr(dbapi_connection, "escape", None) or getattr(dbapi_connection, "literal", None)
+    # aiomysql's connection is under SQLAlchemy's adapter; its escaper is the driver's.
+    driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    escape = getattr(driver, "escape", None) or getattr(driver, "literal", None)
     if escape is None:
         return hex_escaped_size  # unknown driver: assume the larger form
     growth = len(escape(b"a" * 64)) - len(escape(b"a" * 32))

@@ -865,8 +865,10 @@ def first_line(exc: BaseException) -> str:
 def _check_sqlite_length(dbapi_connection: Any, data: bytes | bytearray | memoryview) -> None:
     import sqlite3
 
-    getlimit = getattr(dbapi_connection, "getlimit", None)
-    if getlimit is None:  # aiosqlite's adapter: the driver's "too big" error tells instead
+    # aiosqlite's connection (under SQLAlchemy's adapter) wraps sqlite3's in ``_conn``.
+    raw = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    getlimit = getattr(getattr(raw, "_conn", raw), "getlimit", None)
+    if getlimit is None:  # another adapter: the driver's "too big" error tells instead
         return
     limit = getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
     if len(data) > limit:

@@ -71,13 +71,35 @@ def make_engine(url: str | URL, *, timeout: float | None = None, **options: Any)
     connections are pinged before reuse; a SQLite file is switched to write-ahead
     logging; in-memory SQLite is one connection shared by all threads.
     """
+    parsed, kwargs, listeners = engine_settings(url, timeout, _DEFAULT_DRIVERS, options)
     try:
-        parsed = make_url(url)
+        engine = create_engine(parsed, **kwargs)
+    except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
+        raise InvalidArgumentError(f"cannot use database URL {parsed!r}: {exc}") from exc
+    for listener in listeners:
+        event.listen(engine, "connect", listener)
+    return engine
+
+
+def parse_url(url: str | URL) -> URL:
+    try:
+        return make_url(url)
     except sa_exc.ArgumentError as exc:
         raise InvalidArgumentError(f"not a database URL: {url!r}") from exc
+
+
+def engine_settings(
+    url: str | URL,
+    timeout: float | None,
+    drivers: dict[str, str],
+    options: dict[str, Any],
+) -> tuple[URL, dict[str, Any], builtins.list[Callable[..., None]]]:
+    """``(url, create_engine keyword arguments, connect listeners)`` for ``url``, the
+    driver of a URL without one taken from ``drivers`` (by backend name)."""
+    parsed = parse_url(url)
     backend = parsed.get_backend_name()
-    if "+" not in parsed.drivername and backend in _DEFAULT_DRIVERS:
-        parsed = parsed.set(drivername=f"{backend}+{_DEFAULT_DRIVERS[backend]}")
+    if "+" not in parsed.drivername and backend in drivers:
+        parsed = parsed.set(drivername=f"{backend}+{drivers[backend]}")
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     connect_args: dict[str, Any] = {}
     connect_timeout = CONNECT_TIMEOUT_SECONDS
@@ -112,17 +134,14 @@ def make_engine(url: str | URL, *, timeout: float | None = None, **options: Any)
     if timeout is not None and "poolclass" not in kwargs:  # StaticPool never waits
         kwargs["pool_timeout"] = timeout
     kwargs.update(options)
-    try:
-        engine = create_engine(parsed, **kwargs)
-    except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
-        raise InvalidArgumentError(f"cannot use database URL {parsed!r}: {exc}") from exc
+    listeners: builtins.list[Callable[..., None]] = []
     if bound_handshake:
         # A backstop only: the deadline of a call ends its wait first.
         widened = max(MYSQL_READ_TIMEOUT_SECONDS, (timeout or 0) + CONNECT_TIMEOUT_SECONDS)
-        event.listen(engine, "connect", partial(_widen_pymysql_read_timeout, seconds=widened))
+        listeners.append(partial(_widen_pymysql_read_timeout, seconds=widened))
     if sqlite_file:
-        event.listen(engine, "connect", _use_write_ahead_log)
-    return engine
+        listeners.append(_use_write_ahead_log)
+    return parsed, kwargs, listeners
 
 
 def _use_write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
@@ -182,8 +201,8 @@ class DatabasePersistence(RecordPersistence):
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
         super().__init__(serializer)
-        self.timeout = _checked_timeout(timeout)
-        self.engine, self._owns_engine = _engine_of(bind, self.timeout)
+        self.timeout = checked_timeout(timeout)
+        self.engine, self._owns_engine = self._engine_for(bind, self.timeout)
         self.model = model
         self.table: Table = model.__table__  # type: ignore[attr-defined]
         self.create_table = create_table
@@ -200,6 +219,10 @@ class DatabasePersistence(RecordPersistence):
         self._finalizer = weakref.finalize(
             self, _release_all, self._leases, self.engine if self._owns_engine else None
         )
+
+    def _engine_for(self, bind: object, timeout: float) -> tuple[Engine, bool]:
+        """``(engine, owned)`` for ``bind``: the engine made for a URL is owned."""
+        return _engine_of(bind, timeout)
 
     def _after_fork(self) -> None:
         # The child must neither use nor close the parent's connections (see
@@ -517,7 +540,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_renew_table_setup_lock)
 
 
-def _checked_timeout(timeout: object) -> float:
+def checked_timeout(timeout: object) -> float:
     if (
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)

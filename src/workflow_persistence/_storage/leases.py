@@ -26,7 +26,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -42,6 +42,7 @@ from sqlalchemy.pool import (
     StaticPool,
 )
 
+from workflow_persistence._sql.cursors import CursorFactory, cursor_factory
 from workflow_persistence._sql.operations import first_line
 from workflow_persistence.errors import StorageUnavailableError
 
@@ -66,18 +67,21 @@ abandoned: builtins.list[Any] = []
 class Lease:
     """A connection in autocommit, with the cursor its calls reuse."""
 
-    __slots__ = ("bound", "conn", "cursor", "guard")
+    __slots__ = ("bound", "conn", "cursor", "guard", "new_cursor")
 
-    def __init__(self, conn: PoolProxiedConnection, guard: Guard | None) -> None:
+    def __init__(
+        self, conn: PoolProxiedConnection, guard: Guard | None, new_cursor: CursorFactory
+    ) -> None:
         self.conn = conn
         self.guard = guard
+        self.new_cursor = new_cursor
         self.cursor: Any = None
         self.bound: float | None = None
 
     def fresh_cursor(self) -> None:
         """Drop the cursor, and the last result it holds, for a new one."""
         self.cursor.close()
-        self.cursor = self.conn.cursor()
+        self.cursor = self.new_cursor(self.conn)
 
 
 class Leases:
@@ -93,6 +97,7 @@ class Leases:
         self.dialect = dialect
         self.url = url
         self.family = _family(dialect)
+        self.new_cursor = cursor_factory(dialect)
         #: Only the library uses the pool: its sessions may carry the library's bounds.
         self.exclusive = exclusive
         self.capacity = _capacity(pool) if exclusive else None
@@ -105,15 +110,18 @@ class Leases:
         with self._users_lock:
             self._users += 1
 
-    def detach(self) -> None:
+    def detach(self, close: Callable[[], object] | None = None) -> None:
         """A persistence is gone; when none is left, give the idle leases back, so the
         pool can close them and nothing keeps a connection checked out for good (which
-        would also keep the Engine alive, through SQLAlchemy's checked-out records)."""
+        would also keep the Engine alive, through SQLAlchemy's checked-out records).
+
+        ``close`` does that instead of :meth:`close` (which waits on the network).
+        """
         with self._users_lock:
             self._users -= 1
             last = self._users == 0
         if last:
-            self.close()
+            (close or self.close)()
 
     def _fresh_state(self) -> None:
         self.idle: list[tuple[Lease, float]] = []
@@ -220,7 +228,7 @@ class Leases:
         for attempt in (1, 2):
             conn = self._connect(deadline)
             guard = guard_for(conn.dbapi_connection) if self.family != "sqlite" else None
-            lease = Lease(conn, guard)
+            lease = Lease(conn, guard, self.new_cursor)
             ping = bool(conn.info.pop(_POOLED_KEY, False))
             try:
                 self._set_up(lease, bound, deadline, ping=ping)
@@ -292,7 +300,7 @@ class Leases:
             raise RuntimeError("the pool handed out a closed connection")
         if lease.cursor is None:
             self.dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
-            lease.cursor = conn.cursor()  # a new cursor per call would cost ~15 µs
+            lease.cursor = self.new_cursor(conn)  # a new one per call would cost ~15 µs
         if ping:
             lease.cursor.execute("SELECT 1")
             lease.cursor.fetchall()
@@ -467,10 +475,21 @@ class Leases:
         the library's own pool is replaced by ``pool`` or a fresh copy."""
         if self.pid == os.getpid():
             return
-        abandoned.append((self.idle, self.pool))
+        self.abandon(pool)
+
+    def abandon(self, pool: Pool | None = None, *, keep: bool = True) -> builtins.list[Lease]:
+        """Start over without touching the connections held (they belong to another
+        process, or to an event loop that is gone); return the idle leases dropped.
+
+        ``keep`` holds on to them for good, so that they are never closed here.
+        """
+        dropped = [lease for lease, _ in self.idle]
+        if keep:
+            abandoned.append((self.idle, self.pool))
         if self.exclusive:
             self.pool = pool if pool is not None else self.pool.recreate()
         self._fresh_state()
+        return dropped
 
 
 class _Waiter:
