@@ -11,14 +11,14 @@ import os
 from decimal import Decimal
 
 from sqlalchemy import Numeric, String, UniqueConstraint
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from workflow_persistence import async_url
+from workflow_persistence import make_async_engine
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "sqlite:///refunds.db")
 
-engine = create_async_engine(async_url(DATABASE_URL))
+engine = make_async_engine(DATABASE_URL)
 Session = async_sessionmaker(engine, expire_on_commit=False)
 
 
