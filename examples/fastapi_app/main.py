@@ -89,13 +89,13 @@ async def waiting() -> list[Pending]:
 
 
 @app.post("/approvals/{refund_id}")
-async def answer(refund_id: str, answer: Answer, db: Db) -> RefundOut:
+async def answer(refund_id: str, reply: Answer, db: Db) -> RefundOut:
     refund = await db.get(Refund, refund_id)
     if refund is None:
         raise HTTPException(404, f"no refund {refund_id}")
     try:
         run = await approval.aresume(
-            refund_id, answer.approve, expected_version=answer.version, session=db
+            refund_id, reply.approve, expected_version=reply.version, session=db
         )
     except (ConflictError, WorkflowNotFoundError):
         raise HTTPException(409, "already answered, or the question changed") from None
