@@ -29,6 +29,9 @@ class Decision:
     ``step`` is how many nodes had completed when it was asked: it tells the interrupts
     of the node's current visit (replayed, in order, when the node runs again) from those
     of earlier visits of the same node in a loop.
+
+    ``trace_context`` is the OpenTelemetry context (W3C ``traceparent`` headers) of the run
+    that asked, when it was traced: the resume that answers links its span to it.
     """
 
     node: str
@@ -37,6 +40,7 @@ class Decision:
     asked_at: datetime = field(default_factory=utc_now)
     answered_at: datetime | None = None
     step: int = field(default=0, compare=False)
+    trace_context: dict[str, str] | None = field(default=None, compare=False)
 
 
 #: Longest message and traceback an ErrorInfo keeps (characters): a failure must stay

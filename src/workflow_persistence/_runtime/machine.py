@@ -37,10 +37,12 @@ import asyncio
 import inspect
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
+from workflow_persistence import _telemetry as telemetry
 from workflow_persistence._events import Event, StopEvent
 from workflow_persistence._snapshot import (
     SNAPSHOT_STATUSES,
@@ -168,22 +170,35 @@ def save(snapshot: WorkflowSnapshot, expected_version: int) -> Store:
 @dataclass(slots=True)
 class Call:
     """Run a node. On the event loop an ``async def`` node is awaited there; a plain node
-    runs in a worker thread, so no node blocks the loop."""
+    runs in a worker thread, so no node blocks the loop. ``attempt`` and ``workflow_name``
+    describe the attempt to tracing."""
 
     spec: NodeSpec
     event: Event
     state: WorkflowState
     visit: NodeVisit
+    attempt: int = 1
+    workflow_name: str | None = None
 
     def run(self, persistence: Persistence) -> Any:
-        with visiting(self.visit):
+        with self._traced(), visiting(self.visit):
             return self.spec.fn(self.event, self.state)
 
     async def arun(self, persistence: AsyncPersistence) -> Any:
-        with visiting(self.visit):  # before to_thread, which copies the context
+        # Both before to_thread, which copies the context.
+        with self._traced(), visiting(self.visit):
             if self.spec.is_async:
                 return await self.spec.fn(self.event, self.state)
             return await asyncio.to_thread(self.spec.fn, self.event, self.state)
+
+    def _traced(self) -> AbstractContextManager[object]:
+        return telemetry.node_call(
+            self.spec.name,
+            self.state.workflow_id,
+            self.workflow_name,
+            self.attempt,
+            NodeInterrupted,
+        )
 
 
 @dataclass(slots=True)
@@ -309,6 +324,7 @@ class Machine:
         snapshot: WorkflowSnapshot = yield Store("load", (workflow_id,), {})
         _refuse_completed(snapshot)
         _check_resumable(snapshot)
+        telemetry.resumed(snapshot)
         loaded_version, stored_status = snapshot.version, snapshot.status
         if expected_version is not None and loaded_version != expected_version:
             raise ConflictError(
@@ -516,8 +532,11 @@ class Machine:
         failures = 0
         while True:
             visit = NodeVisit(spec.name, answers)
+            attempt = attempts.get(spec.name, 0) + 1
             try:
-                returned = yield Call(spec, claim.event, claim.state, visit)
+                returned = yield Call(
+                    spec, claim.event, claim.state, visit, attempt, claim.snapshot.workflow_name
+                )
             except NodeInterrupted as asked:
                 return (yield from self._pause(claim, asked.payload))
             except GeneratorExit:
@@ -580,7 +599,13 @@ class Machine:
         snapshot.event = event
         snapshot.interrupt = payload
         snapshot.history.append(
-            Decision(claim.spec.name, payload, asked_at=utc_now(), step=claim.step)
+            Decision(
+                claim.spec.name,
+                payload,
+                asked_at=utc_now(),
+                step=claim.step,
+                trace_context=telemetry.trace_context(),
+            )
         )
         yield from self._store(claim, settles=True)
         return RunResult(

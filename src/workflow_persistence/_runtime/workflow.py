@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, Unpack
 
 from sqlalchemy.orm import Session
 
+from workflow_persistence import _telemetry as telemetry
 from workflow_persistence._events import StartEvent
 from workflow_persistence._ids import check_workflow_id
 from workflow_persistence._snapshot import WorkflowSnapshot
@@ -125,7 +126,9 @@ class Workflow:
         are used).
         """
         persistence = self._sync_persistence("start", options)
-        return run(self._starting(state, options), persistence)
+        workflow_id, steps = self._starting(state, options)
+        with telemetry.run_call("start", self.name, workflow_id) as call:
+            return call.finished(run(steps, persistence))
 
     async def astart(
         self,
@@ -135,7 +138,9 @@ class Workflow:
         """:meth:`start` on the event loop, for a workflow with an AsyncPersistence;
         ``session`` is an ``AsyncSession`` and needs an AsyncDatabasePersistence."""
         persistence = self._async_persistence("astart", options)
-        return await arun(self._starting(state, options), persistence)
+        workflow_id, steps = self._starting(state, options)
+        with telemetry.run_call("start", self.name, workflow_id) as call:
+            return call.finished(await arun(steps, persistence))
 
     def resume(
         self, workflow_id: str, answer: Any = None, **options: Unpack[ResumeOptions[Session]]
@@ -158,7 +163,9 @@ class Workflow:
         waits for the first to commit and then raises ConflictError.
         """
         persistence = self._sync_persistence("resume", options)
-        return run(self._resuming(workflow_id, answer, options), persistence)
+        steps = self._resuming(workflow_id, answer, options)
+        with telemetry.run_call("resume", self.name, workflow_id) as call:
+            return call.finished(run(steps, persistence))
 
     async def aresume(
         self,
@@ -171,7 +178,9 @@ class Workflow:
         Of two concurrent ``aresume`` calls (in one process or many) exactly one proceeds.
         """
         persistence = self._async_persistence("aresume", options)
-        return await arun(self._resuming(workflow_id, answer, options), persistence)
+        steps = self._resuming(workflow_id, answer, options)
+        with telemetry.run_call("resume", self.name, workflow_id) as call:
+            return call.finished(await arun(steps, persistence))
 
     # -- what the four calls share ------------------------------------------------------
 
@@ -187,8 +196,9 @@ class Workflow:
 
     def _starting(
         self, state: Mapping[str, Any] | None, options: StartOptions[Any]
-    ) -> Steps[RunResult]:
-        """Check the arguments of ``start``; the steps that claim and run the new run."""
+    ) -> tuple[str, Steps[RunResult]]:
+        """Check the arguments of ``start``; the new run's id, and the steps that claim and
+        run it."""
         workflow_id = options.get("workflow_id")
         metadata = options.get("metadata")
         workflow_id = new_workflow_id() if workflow_id is None else check_workflow_id(workflow_id)
@@ -205,7 +215,7 @@ class Workflow:
             metadata=dict(metadata or {}),
             workflow_name=self.name,
         )
-        return self._machine().start(snapshot)
+        return workflow_id, self._machine().start(snapshot)
 
     def _resuming(
         self, workflow_id: str, answer: Any, options: ResumeOptions[Any]

@@ -14,8 +14,9 @@ from abc import abstractmethod
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Unpack
+from typing import ClassVar, Unpack
 
+from workflow_persistence import _telemetry as telemetry
 from workflow_persistence._ids import check_workflow_id
 from workflow_persistence._serialization.columns import SnapshotColumns, columns_of
 from workflow_persistence._serialization.serializers import JsonSerializer, Serializer
@@ -319,46 +320,69 @@ class RecordPersistence(Persistence):
 
     # -- the interface ------------------------------------------------------------------
 
+    #: How spans and metrics name the backend (``workflow_persistence.backend``).
+    _backend_name: ClassVar[str | None] = None
+
+    def _telemetry_attributes(self) -> dict[str, str]:
+        """What this backend's spans and metrics say of it (``workflow_persistence.backend``
+        and, for a database, OpenTelemetry's ``db.*`` attributes)."""
+        return {telemetry.BACKEND: self._backend_name or type(self).__name__}
+
     def save(self, snapshot: WorkflowSnapshot, *, expected_version: int | None = None) -> int:
         workflow_id = check_workflow_id(snapshot.workflow_id)
         expected = check_expected_version(expected_version)
-        data = self.serializer.dumps(snapshot)
-        version, updated_at = self._write(workflow_id, data, expected, columns_of(snapshot))
-        snapshot.version = version
-        snapshot.updated_at = updated_at
-        if version == 1:
-            snapshot.created_at = updated_at
-        return version
+        with telemetry.storage_call(self, "save", workflow_id) as call:
+            data = self.serializer.dumps(snapshot)
+            version, updated_at = self._write(workflow_id, data, expected, columns_of(snapshot))
+            snapshot.version = version
+            snapshot.updated_at = updated_at
+            if version == 1:
+                snapshot.created_at = updated_at
+            call.stored(snapshot, len(data))
+            return version
 
     def load(self, workflow_id: str) -> WorkflowSnapshot:
         workflow_id = check_workflow_id(workflow_id)
-        record = self._read(workflow_id)
-        if record is None:
-            raise WorkflowNotFoundError(workflow_id)
-        data, version, created_at, updated_at, expires_at = record
-        if expires_at is not None and expires_at <= utc_now():
-            raise WorkflowNotFoundError(workflow_id)
-        snapshot = self.serializer.loads(data)
-        if snapshot.workflow_id != workflow_id:
-            raise CorruptSnapshotError(
-                f"the record stored under {workflow_id!r} holds the snapshot of"
-                f" {snapshot.workflow_id!r}"
-            )
-        snapshot.version = version
-        snapshot.created_at = created_at
-        snapshot.updated_at = updated_at
-        return snapshot
+        with telemetry.storage_call(self, "load", workflow_id) as call:
+            record = self._read(workflow_id)
+            if record is None:
+                raise WorkflowNotFoundError(workflow_id)
+            data, version, created_at, updated_at, expires_at = record
+            if expires_at is not None and expires_at <= utc_now():
+                raise WorkflowNotFoundError(workflow_id)
+            snapshot = self.serializer.loads(data)
+            if snapshot.workflow_id != workflow_id:
+                raise CorruptSnapshotError(
+                    f"the record stored under {workflow_id!r} holds the snapshot of"
+                    f" {snapshot.workflow_id!r}"
+                )
+            snapshot.version = version
+            snapshot.created_at = created_at
+            snapshot.updated_at = updated_at
+            call.stored(snapshot, len(data))
+            return snapshot
 
     def delete(self, workflow_id: str, *, expected_version: int | None = None) -> bool:
         workflow_id = check_workflow_id(workflow_id)
-        return self._remove(workflow_id, check_expected_version(expected_version), utc_now())
+        expected = check_expected_version(expected_version)
+        with telemetry.storage_call(self, "delete", workflow_id) as call:
+            deleted = self._remove(workflow_id, expected, utc_now())
+            call.counted(int(deleted))
+            return deleted
 
     def exists(self, workflow_id: str) -> bool:
-        return self._contains(check_workflow_id(workflow_id), utc_now())
+        workflow_id = check_workflow_id(workflow_id)
+        with telemetry.storage_call(self, "exists", workflow_id) as call:
+            found = self._contains(workflow_id, utc_now())
+            call.counted(int(found))
+            return found
 
     def list(self, **filters: Unpack[ListFilters]) -> builtins.list[StoredSnapshotInfo]:
         query = ListQuery.checked(**filters)
-        return self._infos(query)
+        with telemetry.storage_call(self, "list") as call:
+            infos = self._infos(query)
+            call.counted(len(infos))
+            return infos
 
     def prune(
         self,
@@ -371,4 +395,7 @@ class RecordPersistence(Persistence):
             statuses=check_names(status, "status", LISTED_STATUSES),
             now=utc_now(),
         )
-        return self._prune(query)
+        with telemetry.storage_call(self, "prune") as call:
+            removed = self._prune(query)
+            call.counted(removed)
+            return removed

@@ -34,6 +34,7 @@ from workflow_persistence._snapshot import StoredSnapshotInfo
 from workflow_persistence._sql import mysql as _mysql
 from workflow_persistence._sql import operations
 from workflow_persistence._sql.operations import PRUNE_BATCH, DialectPlan, plan_for
+from workflow_persistence._telemetry import database_attributes
 from workflow_persistence.errors import (
     InvalidArgumentError,
     PersistenceError,
@@ -255,6 +256,9 @@ class DatabasePersistence(RecordPersistence):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _telemetry_attributes(self) -> dict[str, str]:
+        return database_attributes(self.engine.dialect, self.table)
 
     def __repr__(self) -> str:
         return f"<DatabasePersistence {self.engine.url!r} table={self.table.name!r}>"

@@ -145,6 +145,8 @@ class FilePersistence(RecordPersistence):
         with self._locked() as dir_fd:
             self._sweep_temp_files(dir_fd)
 
+    _backend_name = "file"
+
     def _after_fork(self) -> None:
         self._thread_lock = threading.Lock()
 

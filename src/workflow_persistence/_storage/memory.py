@@ -45,6 +45,8 @@ class InMemoryPersistence(RecordPersistence):
     Thread-safe; nothing survives the process.
     """
 
+    _backend_name = "memory"
+
     def __init__(self, *, serializer: Serializer | None = None) -> None:
         super().__init__(serializer)
         self._records: dict[str, _Stored] = {}
@@ -52,7 +54,6 @@ class InMemoryPersistence(RecordPersistence):
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
-
     def _live(self, workflow_id: str, now: datetime) -> _Stored | None:
         stored = self._records.get(workflow_id)
         if stored is None or is_expired(stored.record[4], now):

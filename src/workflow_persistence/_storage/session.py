@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from workflow_persistence._serialization.columns import SnapshotColumns
 from workflow_persistence._serialization.serializers import Serializer
 from workflow_persistence._snapshot import StoredSnapshotInfo
+from workflow_persistence._telemetry import database_attributes
 from workflow_persistence.models import WorkflowInterrupt, WorkflowInterruptMixin
 from workflow_persistence.repository import WorkflowInterruptRepository, run_synced
 
@@ -60,6 +61,9 @@ class SessionPersistence(RecordPersistence):
         self.repository: WorkflowInterruptRepository[Any] = WorkflowInterruptRepository(
             session, model
         )
+
+    def _telemetry_attributes(self) -> dict[str, str]:
+        return database_attributes(self.session.get_bind().dialect, self.repository._table)
 
     def __repr__(self) -> str:
         return f"<SessionPersistence {self.session!r} table={self.repository._table.name!r}>"
