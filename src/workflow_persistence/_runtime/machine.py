@@ -319,8 +319,14 @@ class Machine:
         *,
         expected_version: int | None,
         take_over: bool | timedelta,
+        answered_by: str | None = None,
+        via: str = "resume",
     ) -> Steps[RunResult]:
-        """Check the stored run can take ``answer``, claim it, then run it."""
+        """Check the stored run can take ``answer``, claim it, then run it.
+
+        ``via`` is recorded as how the answer came (``"resume"``, or ``"deadline"``
+        from expire_due), ``answered_by`` as who gave it.
+        """
         snapshot: WorkflowSnapshot = yield Store("load", (workflow_id,), {})
         _refuse_completed(snapshot)
         _check_resumable(snapshot)
@@ -333,7 +339,7 @@ class Machine:
                 workflow_id=workflow_id,
                 expected_version=expected_version,
             )
-        self._take_answer(snapshot, answer, take_over)
+        self._take_answer(snapshot, answer, take_over, answered_by, via)
         spec = self._node_to_resume(snapshot)
         snapshot.workflow_name = self.name
         snapshot.status = "running"
@@ -357,7 +363,12 @@ class Machine:
         return (yield from self._drive(self._claimed(snapshot, spec)))
 
     def _take_answer(
-        self, snapshot: WorkflowSnapshot, answer: Any, take_over: bool | timedelta
+        self,
+        snapshot: WorkflowSnapshot,
+        answer: Any,
+        take_over: bool | timedelta,
+        answered_by: str | None,
+        via: str,
     ) -> None:
         """Check the run can take ``answer`` (or none) and record it."""
         workflow_id = snapshot.workflow_id
@@ -373,6 +384,8 @@ class Machine:
                 raise WorkflowError(f"run {workflow_id!r} has no pending interrupt to answer")
             pending.answer = answer
             pending.answered_at = utc_now()
+            pending.answered_by = answered_by
+            pending.answered_via = via
         elif answer is not None:  # failed
             raise WorkflowError(
                 f"run {workflow_id!r} failed at node {snapshot.current_node!r}; resume"
