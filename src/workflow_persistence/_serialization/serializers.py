@@ -364,14 +364,17 @@ def _envelope(s: WorkflowSnapshot) -> list[Any]:
 
 
 def _decision_row(d: Decision) -> list[Any]:
-    """A history entry: six fields, eleven for a typed, timed or attributed answer."""
+    """A history entry: six fields, twelve for a typed, timed, attributed or traced one."""
     row = [d.node, d.payload, d.answer, d.asked_at, d.answered_at, d.step]
-    extra = [d.answer_schema, d.deadline, d.default, d.answered_by, d.answered_via]
+    extra = [
+        d.answer_schema, d.deadline, d.default, d.answered_by, d.answered_via, d.trace_context
+    ]
     return row if extra == _NO_EXTRA else [*row, *extra]
 
 
-_NO_EXTRA = [None] * 5
-_DECISION_LENGTHS = (5, 6, 11)  # before steps, before typed answers, now
+_NO_EXTRA = [None] * 6
+#: Before steps, before typed answers, before trace contexts, now.
+_DECISION_LENGTHS = (5, 6, 11, 12)
 _EVENT_TYPES = (Event, UnresolvedObject)  # a stand-in: an event class the reader lacks
 _AWARE = "a timezone-aware datetime"
 _ERROR_TEXTS = ("node", "type", "message", "traceback")
@@ -468,7 +471,7 @@ def _decision_misfit(entry: Any) -> tuple[str, str, Any] | None:
         return ".answered_at", f"None or {_AWARE}", answered_at
     if len(entry) >= 6 and type(entry[5]) is not int:
         return ".step", "an int", entry[5]
-    return _answer_misfit(entry) if len(entry) == 11 else None
+    return _answer_misfit(entry) if len(entry) >= 11 else None
 
 
 def _answer_misfit(entry: list[Any]) -> tuple[str, str, Any] | None:
@@ -482,6 +485,11 @@ def _answer_misfit(entry: list[Any]) -> tuple[str, str, Any] | None:
         return ".answered_by", "a str or None", by
     if via is not None and type(via) is not str:
         return ".answered_via", "a str or None", via
+    context = entry[11] if len(entry) > 11 else None
+    if context is not None and not (
+        type(context) is dict and all(type(k) is str and type(v) is str for k, v in context.items())
+    ):
+        return ".trace_context", "a dict of str to str or None", context
     return None
 
 
@@ -498,7 +506,7 @@ def _error_misfit(error: Any) -> tuple[str, str, Any] | None:
 
 _DECISION_PARTS = (
     "node", "payload", "answer", "asked_at", "answered_at", "answer_schema", "deadline",
-    "default", "answered_by", "answered_via",
+    "default", "answered_by", "answered_via", "trace_context",
 )
 
 
