@@ -26,6 +26,7 @@ import repository
 import scale
 import serializer
 import session
+import tracing
 import vs_langgraph
 
 import workflow_persistence
@@ -44,6 +45,7 @@ SECTIONS: list[tuple[str, Callable[[], str]]] = [
     ("List what waits: 10^3 vs 10^6 runs", listing.run),
     ("Migration to revision 2 on a full table", migration.run_section),
     ("200 concurrent runs: async on one loop vs sync in 8 threads", concurrency.run),
+    ("OpenTelemetry: 1 KiB save/load without the API, with it, with an SDK", tracing.run),
 ]
 
 
