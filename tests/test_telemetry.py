@@ -483,13 +483,7 @@ def test_without_the_api_installed_the_library_works_as_before(tmp_path: Path) -
         """
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(SRC.parent)])}
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "runs")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    command = [sys.executable, "-c", script, str(tmp_path / "runs")]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"

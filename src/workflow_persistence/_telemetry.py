@@ -220,6 +220,7 @@ class _Span:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._ending(exc)
         span = self.span
         if span is None:
             return
@@ -230,6 +231,9 @@ class _Span:
         finally:
             otel_context.detach(self.token)
             span.end()
+
+    def _ending(self, exc: BaseException | None) -> None:
+        """What a kind of call records as it ends, before its span ends."""
 
     def _failed(self, span: trace.Span, exc: BaseException) -> None:
         record_error(span, exc)
@@ -280,19 +284,8 @@ class _StorageCall(_Span):
         self.started = time.perf_counter()
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _ending(self, exc: BaseException | None) -> None:
         elapsed = time.perf_counter() - self.started
-        try:
-            super().__exit__(kind, exc, tb)
-        finally:
-            self._measured(elapsed, exc)
-
-    def _measured(self, elapsed: float, exc: BaseException | None) -> None:
         instruments = self.instruments
         attributes = self.metric_attributes
         if exc is not None:
@@ -365,15 +358,9 @@ class _NodeCall(_Span):
         else:
             record_error(span, exc)
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _ending(self, exc: BaseException | None) -> None:
         if exc is None:
             self.set(STATUS, "completed")
-        super().__exit__(kind, exc, tb)
 
 
 def node_call(
