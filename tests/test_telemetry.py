@@ -41,6 +41,7 @@ from workflow_persistence import (
     WorkflowSnapshot,
     WorkflowState,
     interrupt,
+    observe_waiting_runs,
 )
 from workflow_persistence import _telemetry as telemetry
 from workflow_persistence._storage.database_async import AsyncDatabasePersistence
@@ -436,7 +437,7 @@ def test_waiting_runs_gauge_counts_by_workflow(otel: Telemetry, persistence: Per
     flows.approval_workflow(persistence).start({"amount": 5}, workflow_id="unnamed")
     approval_runs.resume("approval-0", "yes")
 
-    telemetry.observe_waiting_runs(persistence)
+    observe_waiting_runs(persistence)
     values = {
         attrs(p).get("workflow_persistence.workflow.name"): p.value
         for p in otel.metric_points("workflow_persistence.runs.waiting")
@@ -460,7 +461,9 @@ def test_without_the_api_installed_the_library_works_as_before(tmp_path: Path) -
                 return None
 
         sys.meta_path.insert(0, NoOpenTelemetry())
-        from workflow_persistence import FilePersistence, InMemoryPersistence
+        from workflow_persistence import (
+            FilePersistence, InMemoryPersistence, observe_waiting_runs
+        )
         from workflow_persistence import _telemetry
         from tests import flows
 
@@ -473,7 +476,7 @@ def test_without_the_api_installed_the_library_works_as_before(tmp_path: Path) -
             assert workflow.resume("r", "yes").result is True
             assert persistence.list() == [] and persistence.prune() == 0
         try:
-            _telemetry.observe_waiting_runs(InMemoryPersistence())
+            observe_waiting_runs(InMemoryPersistence())
         except ImportError as exc:
             assert "workflow-persistence[otel]" in str(exc)
         else:

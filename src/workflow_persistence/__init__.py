@@ -24,6 +24,7 @@ from workflow_persistence._storage.session import AsyncSessionPersistence, Sessi
 
 from ._events import Event, StartEvent, StopEvent
 from ._snapshot import Decision, ErrorInfo, StoredSnapshotInfo, WorkflowSnapshot
+from ._telemetry import observe_waiting_runs
 from .abc import AsyncPersistence, Persistence
 from .errors import (
     ConflictError,
@@ -91,4 +92,5 @@ __all__ = [
     "interrupt",
     "make_async_engine",
     "metadata",
+    "observe_waiting_runs",
 ]
