@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pymysql
@@ -105,20 +105,9 @@ class GaleraCluster:
     #: Seconds from the first mariadbd's start until all three nodes were Synced.
     start_seconds: float = 0.0
     install_seconds: float = 0.0
-    created: list[str] = field(default_factory=list)
 
     def url(self, node: int, database: str | None = None) -> URL:
         return self.nodes[node].url(database)
-
-    def create_database(self, name: str) -> None:
-        """A database on the cluster (created on node 0, replicated to the others)."""
-        conn = self.nodes[0].connect()
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute(f"CREATE DATABASE {name}")
-        finally:
-            conn.close()
-        self.created.append(name)
 
     def stop(self) -> None:
         """Stop every node (the joiners first, the bootstrap node last), then clean up."""
