@@ -113,8 +113,7 @@ class GaleraCluster:
         """Stop every node (the joiners first, the bootstrap node last), then clean up."""
         for node in reversed(self.nodes):
             _stop(node)
-        if not os.environ.get("WFP_GALERA_KEEP"):
-            shutil.rmtree(self.base, ignore_errors=True)
+        shutil.rmtree(self.base, ignore_errors=True)
 
 
 def _free_ports(count: int) -> list[int]:
