@@ -156,7 +156,9 @@ def standby_of(primary: Cluster, name: str, root: Path) -> Cluster:
         "-D", str(data), "-X", "stream", "-R", "-c", "fast",
         "-d", f"application_name={name}")
     cluster = Cluster(name, data, port)
-    cluster.configure(**_settings(port, root))
+    # Promoted, it stands alone: its commits must not wait for a standby of its own (the
+    # primary's setting came along in the backup).
+    cluster.configure(**_settings(port, root), synchronous_standby_names="")
     return cluster
 
 
