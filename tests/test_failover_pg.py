@@ -11,11 +11,13 @@ every run being resumed finishes or is taken over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -37,6 +39,8 @@ from .topology_pg import FailoverPair, failover_pair
 THREADS = 4
 RUNS_PER_THREAD = 400  # more than a thread resumes during the test
 AFTER_SWITCH = 40  # calls each thread must make without error once the switch is over
+#: A call a worker makes: a method name and its arguments.
+Op = tuple[str, tuple[Any, ...]]
 TIMEOUT = 10.0  # the persistence's timeout: a call hung on the old primary ends by then
 
 
@@ -101,6 +105,38 @@ class Scenario:
             return StopEvent(result=answer)
 
         return Workflow([ask], persistence=persistence, name="failover")  # type: ignore[arg-type]
+
+    def worker(self, index: int) -> Generator[Op, Any, None]:
+        """One worker's rounds: save a record twice, load it, resume a run. Each call is
+        yielded as ``(method, args)`` for a driver to make (sync or async) and send back
+        its result or throw its exception in."""
+        tally = self.tallies[index]
+        pending = iter(self.runs[index])
+        round_ = 0
+        while not self.stop.is_set():
+            round_ += 1
+            workflow_id = f"save-{index}-{round_}"
+            began = time.monotonic()
+            step = "save"
+            try:
+                for n in (1, 2):
+                    tally.saving(workflow_id)
+                    snapshot = WorkflowSnapshot(workflow_id, state={"n": n})
+                    tally.saved(workflow_id, (yield "save", (snapshot, n - 1)))
+                step = "load"
+                loaded = yield "load", (workflow_id,)
+                assert (loaded.version, loaded.state) == (2, {"n": 2})
+                step = "resume"
+                run_id = next(pending, None)
+                if run_id is not None:
+                    tally.cut_off.add(run_id)
+                    assert (yield "resume", (run_id, "yes")).status == "completed"
+                    tally.cut_off.discard(run_id)
+                    tally.resumed.add(run_id)
+            except Exception as exc:
+                tally.failed(began, step, exc, self.stop)
+                continue
+            tally.succeeded(self.switched)
 
     def switch_over(self, pair: FailoverPair) -> str:
         """Promote the standby, stop the primary, wait until every worker is served
@@ -180,36 +216,23 @@ def test_failover_under_load(pair: FailoverPair) -> None:
     for mine in scenario.runs:
         for workflow_id in mine:
             workflow.start(workflow_id=workflow_id)
-    stop, switched = scenario.stop, scenario.switched
+    calls: dict[str, Callable[..., Any]] = {
+        "save": lambda snapshot, expected: store.save(snapshot, expected_version=expected),
+        "load": store.load,
+        "resume": workflow.resume,
+    }
 
-    def work(thread: int) -> None:
-        tally = scenario.tallies[thread]
-        pending = iter(scenario.runs[thread])
-        round_ = 0
-        while not stop.is_set():
-            round_ += 1
-            workflow_id = f"save-{thread}-{round_}"
-            began = time.monotonic()
-            step = "save"
-            try:
-                for n in (1, 2):
-                    tally.saving(workflow_id)
-                    snapshot = WorkflowSnapshot(workflow_id, state={"n": n})
-                    tally.saved(workflow_id, store.save(snapshot, expected_version=n - 1))
-                step = "load"
-                loaded = store.load(workflow_id)
-                assert (loaded.version, loaded.state) == (2, {"n": 2})
-                step = "resume"
-                run_id = next(pending, None)
-                if run_id is not None:
-                    tally.cut_off.add(run_id)
-                    assert workflow.resume(run_id, "yes").status == "completed"
-                    tally.cut_off.discard(run_id)
-                    tally.resumed.add(run_id)
-            except Exception as exc:
-                tally.failed(began, step, exc, stop)
-                continue
-            tally.succeeded(switched)
+    def work(index: int) -> None:
+        ops = scenario.worker(index)
+        with contextlib.suppress(StopIteration):
+            name, args = next(ops)
+            while True:
+                try:
+                    result = calls[name](*args)
+                except Exception as exc:
+                    name, args = ops.throw(exc)
+                else:
+                    name, args = ops.send(result)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(THREADS)]
     for thread in threads:
@@ -217,7 +240,7 @@ def test_failover_under_load(pair: FailoverPair) -> None:
     try:
         figures = scenario.switch_over(pair)
     finally:
-        stop.set()
+        scenario.stop.set()
         for thread in threads:
             thread.join()
     print(f"\nfailover, DatabasePersistence: {figures}; {scenario.check(store)}")
@@ -231,42 +254,29 @@ async def test_async_failover_under_load(pair: FailoverPair) -> None:
     for mine in scenario.runs:
         for workflow_id in mine:
             await workflow.astart(workflow_id=workflow_id)
-    stop, switched = scenario.stop, scenario.switched
+    calls: dict[str, Callable[..., Awaitable[Any]]] = {
+        "save": lambda snapshot, expected: store.save(snapshot, expected_version=expected),
+        "load": store.load,
+        "resume": workflow.aresume,
+    }
 
-    async def work(task: int) -> None:
-        tally = scenario.tallies[task]
-        pending = iter(scenario.runs[task])
-        round_ = 0
-        while not stop.is_set():
-            round_ += 1
-            workflow_id = f"save-{task}-{round_}"
-            began = time.monotonic()
-            step = "save"
-            try:
-                for n in (1, 2):
-                    tally.saving(workflow_id)
-                    snapshot = WorkflowSnapshot(workflow_id, state={"n": n})
-                    tally.saved(workflow_id, await store.save(snapshot, expected_version=n - 1))
-                step = "load"
-                loaded = await store.load(workflow_id)
-                assert (loaded.version, loaded.state) == (2, {"n": 2})
-                step = "resume"
-                run_id = next(pending, None)
-                if run_id is not None:
-                    tally.cut_off.add(run_id)
-                    assert (await workflow.aresume(run_id, "yes")).status == "completed"
-                    tally.cut_off.discard(run_id)
-                    tally.resumed.add(run_id)
-            except Exception as exc:
-                tally.failed(began, step, exc, stop)
-                continue
-            tally.succeeded(switched)
+    async def work(index: int) -> None:
+        ops = scenario.worker(index)
+        with contextlib.suppress(StopIteration):
+            name, args = next(ops)
+            while True:
+                try:
+                    result = await calls[name](*args)
+                except Exception as exc:
+                    name, args = ops.throw(exc)
+                else:
+                    name, args = ops.send(result)
 
     tasks = [asyncio.create_task(work(n)) for n in range(THREADS)]
     try:
         figures = await asyncio.to_thread(scenario.switch_over, pair)
     finally:
-        stop.set()
+        scenario.stop.set()
         await asyncio.gather(*tasks)
         await store.aclose()
     with DatabasePersistence(pair.url(), timeout=TIMEOUT) as checker:
