@@ -22,6 +22,7 @@ import listing
 import memory
 import migration
 import persistence
+import pgbouncer
 import repository
 import scale
 import serializer
@@ -44,6 +45,7 @@ SECTIONS: list[tuple[str, Callable[[], str]]] = [
     ("List what waits: 10^3 vs 10^6 runs", listing.run),
     ("Migration to revision 2 on a full table", migration.run_section),
     ("200 concurrent runs: async on one loop vs sync in 8 threads", concurrency.run),
+    ("Through PgBouncer in transaction mode vs direct", pgbouncer.run),
 ]
 
 
