@@ -60,9 +60,10 @@ from workflow_persistence.errors import (
 
 from .graph import NodeSpec, build_graph
 from .interrupts import NodeInterrupted, NodeVisit, current_visit
+from .picture import Picture, graph_picture, mermaid
 from .retry import NO_RETRY, RetryPolicy
 
-__all__ = ["RunResult", "Workflow", "WorkflowState", "new_workflow_id"]
+__all__ = ["RunResult", "Workflow", "WorkflowState", "new_workflow_id", "workflows_by_name"]
 
 #: A running run saved more recently than this is presumed alive: its caller is told to
 #: wait, not to take it over.
@@ -176,6 +177,17 @@ class Workflow:
     @property
     def nodes(self) -> list[str]:
         return list(self._by_name)
+
+    def picture(self, snapshot: WorkflowSnapshot | None = None) -> Picture:
+        """The graph's nodes and edges, with ``snapshot``'s progress marked (for drawing)."""
+        return graph_picture(self._graph, snapshot)
+
+    def to_mermaid(self, snapshot: WorkflowSnapshot | None = None) -> str:
+        """The graph as a Mermaid ``flowchart``: nodes, and the events that lead between
+        them (as each node's return annotation declares them). Given a run's snapshot,
+        its completed nodes and the node it stands at are marked (classes ``completed``,
+        ``current``, ``failed``), so a reader sees where the run is."""
+        return mermaid(self.picture(snapshot))
 
     # -- starting and resuming ----------------------------------------------------------
 
@@ -598,6 +610,31 @@ class Workflow:
             lost = "the state and event as the node found them could not be stored"
         yield dict(claim.state), claim.event, f" [{lost}; saved as the node left them]"
         yield {}, None, f" [{lost}, nor as the node left them; they were dropped]"
+
+
+def workflows_by_name(workflows: object) -> dict[str, Workflow]:
+    """A Workflow, or an iterable of them, keyed by name: what the inbox and the command
+    line are handed. Each needs its own name, since stored runs say which they belong to."""
+    found = [workflows] if isinstance(workflows, Workflow) else None
+    if found is None:
+        try:
+            found = list(workflows)  # type: ignore[call-overload]
+        except TypeError:
+            found = None
+    if not found or not all(isinstance(w, Workflow) for w in found):
+        raise InvalidArgumentError(
+            f"expected a Workflow or a non-empty iterable of Workflows, not {workflows!r:.80}"
+        )
+    named: dict[str, Workflow] = {}
+    for workflow in found:
+        if workflow.name is None or workflow.name in named:
+            problem = "has no name" if workflow.name is None else "shares its name"
+            raise InvalidArgumentError(
+                f"a workflow with nodes {workflow.nodes} {problem}; give each"
+                " Workflow(..., name=...) its own name, stored with its runs"
+            )
+        named[workflow.name] = workflow
+    return named
 
 
 _DAMAGE_HINT = "; nothing was done. Restore the record from a backup, or delete it"
