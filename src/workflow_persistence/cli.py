@@ -491,6 +491,25 @@ def _selection(args: argparse.Namespace, *, expired: bool = True) -> str:
     return words + (", or expired" if expired else "")
 
 
+def _cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        from .inbox._serve import serve
+    except ImportError as exc:
+        raise CommandError(
+            f"serve needs the inbox extra ({exc.name} is missing):"
+            " pip install 'workflow-persistence[inbox]'"
+        ) from exc
+    if args.no_token and args.token is not None:
+        raise CommandError("--token and --no-token contradict each other: give one")
+    workflows = import_workflows(args.workflows)
+    serializer = JsonSerializer(unknown_classes="stand-in")  # show runs of any class
+    persistence = DatabasePersistence(
+        migrations.resolve_url(args.url), serializer=serializer, create_table=False
+    )
+    serve(workflows, persistence, host=args.host, port=args.port, token=args.token,
+          require_token=not args.no_token, user=args.user)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -544,6 +563,20 @@ def _parser() -> argparse.ArgumentParser:
                       " or with --workflows the whole graph with its progress marked")
     show.add_argument("--workflows", default=None, metavar="pkg.module:NAME",
                       help="with --graph: the Workflow (or a list of them) the run belongs to")
+    serving = command(
+        "serve", "run the approvals inbox: a web page to answer waiting runs", _cmd_serve
+    )
+    serving.add_argument("--workflows", required=True, metavar="pkg.module:NAME",
+                         help="the Workflow, or a list of them, whose runs to show and answer")
+    serving.add_argument("--host", default="127.0.0.1",
+                         help="address to listen on (default: 127.0.0.1, this machine only)")
+    serving.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serving.add_argument("--token", default=None,
+                         help="the login token (default: a random one, printed at start)")
+    serving.add_argument("--no-token", action="store_true",
+                         help="let in anyone who reaches the port, without a token")
+    serving.add_argument("--user", default=None,
+                         help="the name answers are recorded under (default: your login name)")
     delete = command("delete", "delete one stored snapshot", _cmd_delete)
     delete.add_argument("workflow_id", metavar="ID")
     prune = command(
