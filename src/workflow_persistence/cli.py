@@ -506,7 +506,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     persistence = DatabasePersistence(
         migrations.resolve_url(args.url), serializer=serializer, create_table=False
     )
-    serve(workflows, persistence, host=args.host, port=args.port, token=args.token,
+    serve(workflows.values(), persistence, host=args.host, port=args.port, token=args.token,
           require_token=not args.no_token, user=args.user)
 
 
