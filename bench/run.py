@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import async_database
+import concurrency
 import contention
 import handwritten
 import listing
@@ -42,6 +43,7 @@ SECTIONS: list[tuple[str, Callable[[], str]]] = [
     ("Contention: 2 processes x 4 threads", contention.run),
     ("List what waits: 10^3 vs 10^6 runs", listing.run),
     ("Migration to revision 2 on a full table", migration.run_section),
+    ("200 concurrent runs: async on one loop vs sync in 8 threads", concurrency.run),
 ]
 
 

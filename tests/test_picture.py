@@ -46,26 +46,29 @@ def test_the_whole_graph_names_nodes_and_the_events_between_them() -> None:
 
 
 def test_a_waiting_run_marks_completed_nodes_and_the_current_one() -> None:
-    workflow = refund_workflow(InMemoryPersistence())
+    store = InMemoryPersistence()
+    workflow = refund_workflow(store)
     workflow.start({"amount": 5}, workflow_id="r1")
-    text = workflow.to_mermaid(workflow.persistence.load("r1"))
+    text = workflow.to_mermaid(store.load("r1"))
     assert classes(text) == {"completed": {"n0"}, "current": {"n1"}}
 
 
 def test_a_failed_run_marks_its_node_failed() -> None:
-    workflow = refund_workflow(InMemoryPersistence())
+    store = InMemoryPersistence()
+    workflow = refund_workflow(store)
     workflow.start({"fail_payment": True}, workflow_id="r2")
     with pytest.raises(WorkflowFailedError):
         workflow.resume("r2", "yes")
-    text = workflow.to_mermaid(workflow.persistence.load("r2"))
+    text = workflow.to_mermaid(store.load("r2"))
     assert classes(text) == {"completed": {"n0", "n1"}, "failed": {"n2"}}
 
 
 def test_a_loop_is_one_node_with_an_edge_back() -> None:
-    workflow = loop_workflow(InMemoryPersistence())
+    store = InMemoryPersistence()
+    workflow = loop_workflow(store)
     workflow.start(workflow_id="l1")
     workflow.resume("l1", "a")
-    snapshot = workflow.persistence.load("l1")
+    snapshot = store.load("l1")
     assert snapshot.completed_nodes == ["begin", "count"]
     whole = workflow.to_mermaid(snapshot)
     assert '    n1 -- "Counted" --> n1' in whole
@@ -93,7 +96,8 @@ def test_levels_put_each_node_below_the_one_that_leads_to_it() -> None:
 def test_show_graph_prints_the_path_or_the_whole_graph(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'pic.db'}"
     upgrade(url)
-    workflow = refund_workflow(DatabasePersistence(url))
+    store = DatabasePersistence(url)
+    workflow = refund_workflow(store)
     workflow.start({"amount": 3}, workflow_id="run-1")
 
     path = ok("show", "run-1", "--graph", "--url", url)
@@ -106,7 +110,7 @@ def test_show_graph_prints_the_path_or_the_whole_graph(tmp_path: Path) -> None:
         "show", "run-1", "--graph", "--workflows", "tests.inbox_flows:WORKFLOWS", "--url", url,
         cwd=REPO,
     )
-    assert whole == workflow.to_mermaid(workflow.persistence.load("run-1"))
+    assert whole == workflow.to_mermaid(store.load("run-1"))
 
     line = fails("show", "run-1", "--graph", "--workflows", "tests.inbox_flows:NOPE",
                  "--url", url, cwd=REPO)

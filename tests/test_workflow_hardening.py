@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-import workflow_persistence._runtime.workflow as runtime
+import workflow_persistence._runtime.machine as runtime
 from workflow_persistence import (
     ConflictError,
     CorruptSnapshotError,

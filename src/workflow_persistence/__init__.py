@@ -13,7 +13,10 @@ from workflow_persistence._serialization.serializers import (
     Serializer,
 )
 from workflow_persistence._storage.database import DatabasePersistence
-from workflow_persistence._storage.database_async import AsyncDatabasePersistence
+from workflow_persistence._storage.database_async import (
+    AsyncDatabasePersistence,
+    make_async_engine,
+)
 from workflow_persistence._storage.file import FilePersistence
 from workflow_persistence._storage.memory import InMemoryPersistence
 from workflow_persistence._storage.offloaded import AsyncFilePersistence, AsyncInMemoryPersistence
@@ -84,5 +87,6 @@ __all__ = [
     "WorkflowSnapshot",
     "WorkflowState",
     "interrupt",
+    "make_async_engine",
     "metadata",
 ]

@@ -113,6 +113,7 @@ def run_demo(url: Any) -> None:
     _say()
 
     persistence = workflow.persistence
+    assert isinstance(persistence, DatabasePersistence)  # as refund_workflow made it
     snapshot = persistence.load(workflow_id)
     stored = persistence.serializer.dumps(snapshot)
     _say("2. What was saved")
@@ -164,7 +165,9 @@ def run_demo(url: Any) -> None:
 
 def _leave_one_waiting(workflow: Workflow) -> None:
     """Pause a second refund and keep it: what `list` and `show` will find."""
-    replaced = workflow.persistence.delete(WAITING_ID)  # the one an earlier demo left
+    persistence = workflow.persistence
+    assert isinstance(persistence, DatabasePersistence)  # as refund_workflow made it
+    replaced = persistence.delete(WAITING_ID)  # the one an earlier demo left
     run = workflow.start(
         {"amount": "240.00", "currency": "EUR", "customer": "ben@example.com", "order": "B-2203"},
         workflow_id=WAITING_ID,

@@ -19,13 +19,15 @@ Node = Callable[[Any, Any], Any]
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """One node: its callable, the event it handles, what it may return, its policy."""
+    """One node: its callable, the event it handles, what it may return, its policy, and
+    whether calling it gives a coroutine to await (``async def``, or an async ``__call__``)."""
 
     name: str
     fn: Node
     handles: type[Event]
     returns: tuple[type[Event], ...] | None  # None: not declared (checked at run time)
     retry: RetryPolicy | None
+    is_async: bool = False
 
 
 def node_name(node: object) -> str:
@@ -156,7 +158,8 @@ def inspect_node(node: object, known: Iterable[type]) -> NodeSpec:
     policy = getattr(node, POLICY_ATTRIBUTE, None)
     if policy is not None and not isinstance(policy, RetryPolicy):
         raise WorkflowDefinitionError(f"node {name!r}: {POLICY_ATTRIBUTE} must be a RetryPolicy")
-    return NodeSpec(name, node, handles, returns, policy)
+    is_async = inspect.iscoroutinefunction(node) or inspect.iscoroutinefunction(fn)
+    return NodeSpec(name, node, handles, returns, policy, is_async)
 
 
 def build_graph(nodes: Iterable[object], types_: Iterable[type]) -> dict[type[Event], NodeSpec]:

@@ -35,6 +35,25 @@ class NodeVisit:
 current_visit: ContextVar[NodeVisit | None] = ContextVar("workflow_node_visit", default=None)
 
 
+class visiting:  # a context manager, named like one
+    """Make ``visit`` what interrupt() finds while a node runs in this context.
+
+    A context variable, so it follows a node into a worker thread started with
+    ``asyncio.to_thread`` (which copies the context) and into tasks the node creates.
+    """
+
+    __slots__ = ("token", "visit")
+
+    def __init__(self, visit: NodeVisit) -> None:
+        self.visit = visit
+
+    def __enter__(self) -> None:
+        self.token = current_visit.set(self.visit)
+
+    def __exit__(self, *exc_info: object) -> None:
+        current_visit.reset(self.token)
+
+
 def interrupt(payload: Any = None) -> Any:
     """Pause the run and ask ``payload``; on resume, return the answer.
 
@@ -46,7 +65,7 @@ def interrupt(payload: Any = None) -> Any:
     if visit is None:
         raise WorkflowError(
             "interrupt() can only be called while a workflow node runs (inside a node"
-            " started by Workflow.start or Workflow.resume, in the same thread)"
+            " started by Workflow.start, resume, astart or aresume, in its thread or task)"
         )
     if visit.asked < len(visit.answers):
         answer = visit.answers[visit.asked]
