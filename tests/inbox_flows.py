@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 from workflow_persistence import (
+    AsyncPersistence,
     DatabasePersistence,
     Event,
     InMemoryPersistence,
@@ -49,7 +50,7 @@ def pay(event: Approved, state: WorkflowState) -> StopEvent:
     return StopEvent(result=event.answer)
 
 
-def refund_workflow(persistence: Persistence | None = None) -> Workflow:
+def refund_workflow(persistence: Persistence | AsyncPersistence | None = None) -> Workflow:
     return Workflow([draft, approve, pay], name="refund", persistence=persistence)
 
 

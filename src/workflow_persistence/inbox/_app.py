@@ -33,7 +33,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from workflow_persistence import errors
-from workflow_persistence._runtime.workflow import Workflow, workflows_by_name
+from workflow_persistence._runtime.workflow import ResumeOptions, Workflow, workflows_by_name
 from workflow_persistence._snapshot import Decision, StoredSnapshotInfo, WorkflowSnapshot, utc_now
 from workflow_persistence._storage.base import LISTED_STATUSES, metadata_matches
 from workflow_persistence.abc import AsyncPersistence, ListFilters, Persistence
@@ -223,12 +223,15 @@ class Inbox:
         if snapshot.version != version or snapshot.status != wanted:
             raise Refusal(409, _moved_on(snapshot, version, retry))
         kwargs: dict[str, Any] = {"expected_version": version}
-        if not retry and _takes_answered_by(workflow):
+        if not retry and "answered_by" in ResumeOptions.__annotations__:
             kwargs["answered_by"] = access.user
-        call = functools.partial(workflow.resume, workflow_id, None if retry else answer, **kwargs)
         invalid = getattr(errors, "InvalidAnswerError", ())
         try:
-            result = await asyncio.to_thread(call)
+            if isinstance(workflow.persistence, AsyncPersistence):
+                result = await workflow.aresume(workflow_id, answer, **kwargs)
+            else:  # a sync resume runs its nodes in a worker thread, off the event loop
+                call = functools.partial(workflow.resume, workflow_id, answer, **kwargs)
+                result = await asyncio.to_thread(call)
         except invalid as exc:
             raise Refusal(422, str(exc)) from exc
         except errors.SerializationError as exc:
@@ -275,11 +278,6 @@ _GONE = (
     "already answered, or not yours: run {!r} no longer waits here (a run that completes"
     " leaves the inbox)"
 )
-
-
-def _takes_answered_by(workflow: Workflow) -> bool:
-    # Until typed answers land everywhere, a resume without ``answered_by`` still works.
-    return "answered_by" in inspect.signature(workflow.resume).parameters
 
 
 def _pending(snapshot: WorkflowSnapshot) -> Decision | None:
