@@ -22,20 +22,12 @@ from workflow_persistence import (
     interrupt,
 )
 
-
-@dataclass
-class Drafted(Event):
-    text: str
+from .flows import Drafted, draft  # the README's first node: draft(amount) -> Drafted
 
 
 @dataclass
 class Approved(Event):
     answer: str
-
-
-def draft(event: StartEvent, state: WorkflowState) -> Drafted:
-    state["draft"] = f"Refund {state.get('amount', 0)} EUR"
-    return Drafted(state["draft"])
 
 
 def approve(event: Drafted, state: WorkflowState) -> Approved:

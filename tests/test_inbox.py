@@ -50,6 +50,7 @@ class Setup:
     client: httpx.AsyncClient
 
     def start(self, workflow_id: str, tenant: str = "acme", **state: Any) -> int:
+        state.setdefault("amount", 1)
         result = self.workflow.start(state, workflow_id=workflow_id, metadata={"tenant": tenant})
         assert result.version is not None
         return result.version
@@ -296,7 +297,7 @@ async def test_mounted_under_a_prefix_links_stay_inside() -> None:
 
     store = InMemoryPersistence()
     workflow = refund_workflow(store)
-    workflow.start(workflow_id="r-1", metadata={"tenant": "acme"})
+    workflow.start({"amount": 1}, workflow_id="r-1", metadata={"tenant": "acme"})
     host = Starlette(routes=[Mount("/inbox", create_app(workflow, persistence=store,
                                                         authorize=authorize))])
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=host),

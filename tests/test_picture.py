@@ -56,7 +56,7 @@ def test_a_waiting_run_marks_completed_nodes_and_the_current_one() -> None:
 def test_a_failed_run_marks_its_node_failed() -> None:
     store = InMemoryPersistence()
     workflow = refund_workflow(store)
-    workflow.start({"fail_payment": True}, workflow_id="r2")
+    workflow.start({"amount": 2, "fail_payment": True}, workflow_id="r2")
     with pytest.raises(WorkflowFailedError):
         workflow.resume("r2", "yes")
     text = workflow.to_mermaid(store.load("r2"))

@@ -252,11 +252,7 @@ class Inbox:
         schema = getattr(pending, "answer_schema", None)
         deadline = getattr(pending, "deadline", None)
         return {
-            "workflow_id": snapshot.workflow_id,
-            "workflow_name": snapshot.workflow_name,
-            "status": snapshot.status,
-            "version": snapshot.version,
-            "current_node": snapshot.current_node,
+            **_identity(snapshot),
             "completed_nodes": list(snapshot.completed_nodes),
             "question": to_jsonable(snapshot.interrupt) if pending else None,
             "answer_schema": schema,
@@ -315,14 +311,21 @@ def _iso(value: object) -> str | None:
     return value.astimezone(UTC).isoformat() if isinstance(value, datetime) else None
 
 
+def _identity(run: StoredSnapshotInfo | WorkflowSnapshot) -> dict[str, Any]:
+    """The fields a listed run and a loaded one share."""
+    return {
+        "workflow_id": run.workflow_id,
+        "workflow_name": run.workflow_name,
+        "status": run.status,
+        "version": run.version,
+        "current_node": run.current_node,
+    }
+
+
 def info_view(info: StoredSnapshotInfo) -> dict[str, Any]:
     deadline = getattr(info, "deadline", None)
     return {
-        "workflow_id": info.workflow_id,
-        "workflow_name": info.workflow_name,
-        "status": info.status,
-        "version": info.version,
-        "current_node": info.current_node,
+        **_identity(info),
         "question": info.interrupt,
         "metadata": info.metadata,
         "deadline": _iso(deadline),
