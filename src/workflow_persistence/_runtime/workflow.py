@@ -169,6 +169,11 @@ class Workflow:
 
         ``session``: as for :meth:`start`. Of two resumes in two transactions, the second
         waits for the first to commit and then raises ConflictError.
+
+        ``answered_by`` (who answered: a user name, an email) is recorded with the answer
+        in the run's history. A question asked with ``interrupt(..., answer=T)`` takes
+        only an answer that fits ``T``: any other raises InvalidAnswerError naming the
+        part that does not fit, before the run is claimed, so it stays as it was.
         """
         persistence = self._sync_persistence("resume", options)
         return run(self._resuming(workflow_id, answer, options), persistence)
@@ -229,11 +234,17 @@ class Workflow:
             raise InvalidArgumentError(
                 f"take_over must be a bool or a timedelta, not {type(take_over).__name__}"
             )
+        answered_by = options.get("answered_by")
+        if answered_by is not None and type(answered_by) is not str:
+            raise InvalidArgumentError(
+                f"answered_by must be a str or None, not {type(answered_by).__name__}"
+            )
         return self._machine().resume(
             workflow_id,
             answer,
             expected_version=options.get("expected_version"),
             take_over=take_over,
+            answered_by=answered_by,
         )
 
     def _sync_persistence(
@@ -322,6 +333,7 @@ class ResumeOptions(TypedDict, Generic[S], total=False):
     expected_version: int | None
     take_over: bool | timedelta
     session: S | None
+    answered_by: str | None
 
 
 def _checked_persistence(
