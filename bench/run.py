@@ -18,6 +18,7 @@ import async_database
 import concurrency
 import contention
 import handwritten
+import inbox
 import listing
 import memory
 import migration
@@ -46,6 +47,7 @@ SECTIONS: list[tuple[str, Callable[[], str]]] = [
     ("Migration to revision 2 on a full table", migration.run_section),
     ("200 concurrent runs: async on one loop vs sync in 8 threads", concurrency.run),
     ("Through PgBouncer in transaction mode vs direct", pgbouncer.run),
+    ("The inbox's list page: 50 waiting runs out of 10^5", inbox.run),
 ]
 
 

@@ -28,6 +28,7 @@ from .abc import AsyncPersistence, Persistence
 from .errors import (
     ConflictError,
     CorruptSnapshotError,
+    InvalidAnswerError,
     InvalidArgumentError,
     InvalidWorkflowIdError,
     PayloadTooLargeError,
@@ -59,6 +60,7 @@ __all__ = [
     "Event",
     "FilePersistence",
     "InMemoryPersistence",
+    "InvalidAnswerError",
     "InvalidArgumentError",
     "InvalidWorkflowIdError",
     "JsonSerializer",

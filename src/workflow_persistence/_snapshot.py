@@ -29,6 +29,12 @@ class Decision:
     ``step`` is how many nodes had completed when it was asked: it tells the interrupts
     of the node's current visit (replayed, in order, when the node runs again) from those
     of earlier visits of the same node in a loop.
+
+    A typed question (``interrupt(..., answer=T)``) keeps the JSON Schema of its answer in
+    ``answer_schema``, so any client can render a form; one asked with a ``timeout`` keeps
+    its ``deadline`` and the ``default`` answer given when it passes. Once answered,
+    ``answered_by`` says who answered (as given to ``resume``) and ``answered_via`` how:
+    ``"resume"``, or ``"deadline"`` for the default given by ``expire_due``.
     """
 
     node: str
@@ -37,6 +43,11 @@ class Decision:
     asked_at: datetime = field(default_factory=utc_now)
     answered_at: datetime | None = None
     step: int = field(default=0, compare=False)
+    answer_schema: dict[str, Any] | None = None
+    deadline: datetime | None = None
+    default: Any = None
+    answered_by: str | None = None
+    answered_via: str | None = None
 
 
 #: Longest message and traceback an ErrorInfo keeps (characters): a failure must stay
@@ -151,7 +162,8 @@ class StoredSnapshotInfo:
     ``interrupt`` and ``metadata`` are plain-JSON renderings of the snapshot's question and
     metadata (datetimes as ISO 8601 text, Decimal and UUID as text, tuples and sets as
     lists, dataclasses and models as objects), for display and filtering: the record's
-    data stays the truth.
+    data stays the truth. ``deadline`` is when the pending question's default answer is
+    due (``interrupt(..., timeout=...)``), None when it has none.
     """
 
     workflow_id: str
@@ -164,3 +176,4 @@ class StoredSnapshotInfo:
     interrupt: Any = None
     metadata: dict[str, Any] = field(default_factory=dict)
     expires_at: datetime | None = None
+    deadline: datetime | None = None

@@ -11,6 +11,7 @@ from datetime import datetime
 __all__ = [
     "ConflictError",
     "CorruptSnapshotError",
+    "InvalidAnswerError",
     "InvalidArgumentError",
     "InvalidWorkflowIdError",
     "PayloadTooLargeError",
@@ -108,6 +109,20 @@ class WorkflowFailedError(WorkflowError):
         super().__init__(message)
         self.workflow_id = workflow_id
         self.node = node
+
+
+class InvalidAnswerError(WorkflowError, ValueError):
+    """The answer given to ``resume`` does not fit the type the question asked for.
+
+    ``field`` names the part that does not fit (``answer.amount``, ``answer[2]``); the run
+    was not resumed and is stored as it was, at the same version: resume it again with an
+    answer that fits the question's ``answer_schema``.
+    """
+
+    def __init__(self, message: str, *, field: str = "answer", workflow_id: str | None = None):
+        super().__init__(message)
+        self.field = field
+        self.workflow_id = workflow_id
 
 
 class InvalidArgumentError(PersistenceError, ValueError):

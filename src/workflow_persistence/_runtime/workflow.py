@@ -30,6 +30,7 @@ from workflow_persistence.errors import (
 
 from .graph import build_graph
 from .machine import Machine, RunResult, Steps, WorkflowState, arun, run
+from .picture import Picture, graph_picture, mermaid
 from .retry import NO_RETRY, RetryPolicy
 
 if TYPE_CHECKING:  # SQLAlchemy's asyncio needs greenlet, an extra: imported when used
@@ -44,6 +45,7 @@ __all__ = [
     "Workflow",
     "WorkflowState",
     "new_workflow_id",
+    "workflows_by_name",
 ]
 
 #: The longest a workflow name may be: the length of its column.
@@ -107,6 +109,17 @@ class Workflow:
     def nodes(self) -> list[str]:
         return list(self._by_name)
 
+    def picture(self, snapshot: WorkflowSnapshot | None = None) -> Picture:
+        """The graph's nodes and edges, with ``snapshot``'s progress marked (for drawing)."""
+        return graph_picture(self._graph, snapshot)
+
+    def to_mermaid(self, snapshot: WorkflowSnapshot | None = None) -> str:
+        """The graph as a Mermaid ``flowchart``: nodes, and the events that lead between
+        them (as each node's return annotation declares them). Given a run's snapshot,
+        its completed nodes and the node it stands at are marked (classes ``completed``,
+        ``current``, ``failed``), so a reader sees where the run is."""
+        return mermaid(self.picture(snapshot))
+
     # -- starting and resuming ----------------------------------------------------------
 
     def start(
@@ -156,6 +169,11 @@ class Workflow:
 
         ``session``: as for :meth:`start`. Of two resumes in two transactions, the second
         waits for the first to commit and then raises ConflictError.
+
+        ``answered_by`` (who answered: a user name, an email) is recorded with the answer
+        in the run's history. A question asked with ``interrupt(..., answer=T)`` takes
+        only an answer that fits ``T``: any other raises InvalidAnswerError naming the
+        part that does not fit, before the run is claimed, so it stays as it was.
         """
         persistence = self._sync_persistence("resume", options)
         return run(self._resuming(workflow_id, answer, options), persistence)
@@ -216,11 +234,17 @@ class Workflow:
             raise InvalidArgumentError(
                 f"take_over must be a bool or a timedelta, not {type(take_over).__name__}"
             )
+        answered_by = options.get("answered_by")
+        if answered_by is not None and type(answered_by) is not str:
+            raise InvalidArgumentError(
+                f"answered_by must be a str or None, not {type(answered_by).__name__}"
+            )
         return self._machine().resume(
             workflow_id,
             answer,
             expected_version=options.get("expected_version"),
             take_over=take_over,
+            answered_by=answered_by,
         )
 
     def _sync_persistence(
@@ -309,6 +333,7 @@ class ResumeOptions(TypedDict, Generic[S], total=False):
     expected_version: int | None
     take_over: bool | timedelta
     session: S | None
+    answered_by: str | None
 
 
 def _checked_persistence(
@@ -326,6 +351,31 @@ def _checked_persistence(
             " AsyncFilePersistence, ...) and run it with astart/aresume"
         )
     return persistence
+
+
+def workflows_by_name(workflows: object) -> dict[str, Workflow]:
+    """A Workflow, or an iterable of them, keyed by name: what the inbox and the command
+    line are handed. Each needs its own name, since stored runs say which they belong to."""
+    found = [workflows] if isinstance(workflows, Workflow) else None
+    if found is None:
+        try:
+            found = list(workflows)  # type: ignore[call-overload]
+        except TypeError:
+            found = None
+    if not found or not all(isinstance(w, Workflow) for w in found):
+        raise InvalidArgumentError(
+            f"expected a Workflow or a non-empty iterable of Workflows, not {workflows!r:.80}"
+        )
+    named: dict[str, Workflow] = {}
+    for workflow in found:
+        if workflow.name is None or workflow.name in named:
+            problem = "has no name" if workflow.name is None else "shares its name"
+            raise InvalidArgumentError(
+                f"a workflow with nodes {workflow.nodes} {problem}; give each"
+                " Workflow(..., name=...) its own name, stored with its runs"
+            )
+        named[workflow.name] = workflow
+    return named
 
 
 def _checked_name(name: object) -> str | None:

@@ -327,9 +327,7 @@ def _envelope(s: WorkflowSnapshot) -> list[Any]:
         status = str.__str__(status)
     error = s.error
     try:
-        history = [
-            [d.node, d.payload, d.answer, d.asked_at, d.answered_at, d.step] for d in s.history
-        ]
+        history = [_decision_row(d) for d in s.history]
         error_row = None if error is None else [
             error.node, error.type, error.message, error.traceback, error.at
         ]
@@ -365,6 +363,15 @@ def _envelope(s: WorkflowSnapshot) -> list[Any]:
     return row
 
 
+def _decision_row(d: Decision) -> list[Any]:
+    """A history entry: six fields, eleven for a typed, timed or attributed answer."""
+    row = [d.node, d.payload, d.answer, d.asked_at, d.answered_at, d.step]
+    extra = [d.answer_schema, d.deadline, d.default, d.answered_by, d.answered_via]
+    return row if extra == _NO_EXTRA else [*row, *extra]
+
+
+_NO_EXTRA = [None] * 5
+_DECISION_LENGTHS = (5, 6, 11)  # before steps, before typed answers, now
 _EVENT_TYPES = (Event, UnresolvedObject)  # a stand-in: an event class the reader lacks
 _AWARE = "a timezone-aware datetime"
 _ERROR_TEXTS = ("node", "type", "message", "traceback")
@@ -400,10 +407,11 @@ def _fits(row: list[Any]) -> bool:
             return False
     for entry in row[8]:
         if not (
-            type(entry) is list and 5 <= len(entry) <= 6 and type(entry[0]) is str
+            type(entry) is list and len(entry) in _DECISION_LENGTHS and type(entry[0]) is str
             and type(entry[3]) is datetime and entry[3].tzinfo is not None
             and (entry[4] is None or (type(entry[4]) is datetime and entry[4].tzinfo is not None))
             and (len(entry) == 5 or type(entry[5]) is int)
+            and (len(entry) < 11 or _answer_misfit(entry) is None)
         ):
             return False
     return error is None or _error_misfit(error) is None
@@ -447,7 +455,7 @@ def _misfit(row: list[Any]) -> tuple[str, str, Any]:
 
 
 def _decision_misfit(entry: Any) -> tuple[str, str, Any] | None:
-    if type(entry) is not list or not 5 <= len(entry) <= 6:
+    if type(entry) is not list or len(entry) not in _DECISION_LENGTHS:
         return "", "a Decision", entry
     node, asked_at, answered_at = entry[0], entry[3], entry[4]
     if type(node) is not str:
@@ -458,8 +466,22 @@ def _decision_misfit(entry: Any) -> tuple[str, str, Any] | None:
         type(answered_at) is not datetime or answered_at.tzinfo is None
     ):
         return ".answered_at", f"None or {_AWARE}", answered_at
-    if len(entry) == 6 and type(entry[5]) is not int:
+    if len(entry) >= 6 and type(entry[5]) is not int:
         return ".step", "an int", entry[5]
+    return _answer_misfit(entry) if len(entry) == 11 else None
+
+
+def _answer_misfit(entry: list[Any]) -> tuple[str, str, Any] | None:
+    """What is wrong with a history entry's schema, deadline and attribution, if anything."""
+    schema, deadline, by, via = entry[6], entry[7], entry[9], entry[10]
+    if schema is not None and type(schema) is not dict:
+        return ".answer_schema", "a dict or None", schema
+    if deadline is not None and (type(deadline) is not datetime or deadline.tzinfo is None):
+        return ".deadline", f"None or {_AWARE}", deadline
+    if by is not None and type(by) is not str:
+        return ".answered_by", "a str or None", by
+    if via is not None and type(via) is not str:
+        return ".answered_via", "a str or None", via
     return None
 
 
@@ -474,6 +496,12 @@ def _error_misfit(error: Any) -> tuple[str, str, Any] | None:
     return None
 
 
+_DECISION_PARTS = (
+    "node", "payload", "answer", "asked_at", "answered_at", "answer_schema", "deadline",
+    "default", "answered_by", "answered_via",
+)
+
+
 def _envelope_parts(s: WorkflowSnapshot, row: list[Any]) -> Iterator[tuple[str, Any]]:
     """The envelope's values with the paths an error message names them by."""
     yield "state", row[3]  # as stored: a Mapping became a dict
@@ -481,7 +509,7 @@ def _envelope_parts(s: WorkflowSnapshot, row: list[Any]) -> Iterator[tuple[str, 
     yield "interrupt", s.interrupt
     yield "metadata", row[11]
     for i, d in enumerate(s.history):
-        for name in ("node", "payload", "answer", "asked_at", "answered_at"):
+        for name in _DECISION_PARTS:
             yield f"history[{i}].{name}", getattr(d, name)
     yield "current_node", s.current_node
     yield "completed_nodes", s.completed_nodes
