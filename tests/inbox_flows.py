@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 from workflow_persistence import (
     AsyncPersistence,
@@ -66,11 +67,34 @@ def loop_workflow(persistence: Persistence | None = None) -> Workflow:
     return Workflow([begin, count], name="loop", persistence=persistence)
 
 
+# -- typed answers: a form from the answer's schema -----------------------------------------
+
+
+@dataclass
+class Payout:
+    """What the approver decides."""
+
+    approve: bool
+    amount: int
+    note: str | None = None
+
+
+def review(event: StartEvent, state: WorkflowState) -> StopEvent:
+    decision = interrupt({"question": "Pay out?", "asked": state.get("amount")}, answer=Payout)
+    sure = interrupt("Really?", answer=bool)
+    return StopEvent(result={"approve": decision.approve and sure, "amount": decision.amount})
+
+
+def payout_workflow(persistence: Persistence | AsyncPersistence | None = None) -> Workflow:
+    return Workflow([review], name="payout", persistence=persistence, types=[Payout],
+                    keep_completed=timedelta(days=1))
+
+
 def _persistence() -> Persistence:
     url = os.environ.get("WFP_INBOX_TEST_URL")
     return InMemoryPersistence() if url is None else DatabasePersistence(url, create_table=False)
 
 
 _shared = _persistence()
-WORKFLOWS = [refund_workflow(_shared), loop_workflow(_shared)]
+WORKFLOWS = [refund_workflow(_shared), loop_workflow(_shared), payout_workflow(_shared)]
 REFUND = WORKFLOWS[0]

@@ -26,7 +26,7 @@ from workflow_persistence import (
 from workflow_persistence.inbox import Access, create_app
 from workflow_persistence.migrations import upgrade
 
-from .inbox_flows import refund_workflow
+from .inbox_flows import payout_workflow, refund_workflow
 
 XSS = "<script>alert('x')</script> **bold** [link](javascript:alert(1))"
 
@@ -332,3 +332,61 @@ async def test_async_persistence_and_async_authorize(
         assert done.status_code == 200 and done.json()["status"] == "completed"
     assert not await store.exists("a-1")
     await store.aclose()
+
+
+# -- typed answers: the form from the schema, 422 for a wrong answer -------------------------
+
+
+@pytest.fixture
+async def typed(store: Persistence) -> AsyncIterator[Setup]:
+    workflow = payout_workflow(store)
+    app = create_app([workflow], persistence=store, authorize=authorize, secret_key="k" * 32)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://inbox.test") as client:
+        yield Setup(workflow, store, client)
+
+
+async def test_a_typed_question_gets_fields_then_buttons_and_records_who(typed: Setup) -> None:
+    version = typed.start("p-1", amount=40)
+    page = await typed.client.get("/runs/p-1", headers={"x-user": "ana"})
+    assert 'name="field:approve" value="true"' in page.text  # a checkbox
+    assert 'name="field:amount" type="number" step="1"' in page.text
+    assert 'name="field:note" type="text"' in page.text
+    form = {"csrf_token": csrf_of(page.text), "version": str(version),
+            "field:approve": "true", "field:amount": "40", "field:note": ""}
+    bad = await typed.client.post("/runs/p-1/answer", data={**form, "field:amount": "forty"},
+                                  headers={"x-user": "ana"})
+    assert bad.status_code == 422 and "not a whole number" in bad.text
+    done = await typed.client.post("/runs/p-1/answer", data=form, headers={"x-user": "ana"})
+    assert done.status_code == 303
+
+    second = await typed.client.get("/runs/p-1", headers={"x-user": "ana"})
+    assert 'value="true" class="approve">Approve</button>' in second.text
+    assert 'value="false" class="reject">Reject</button>' in second.text
+    version = typed.store.load("p-1").version
+    form = {"csrf_token": csrf_of(second.text), "version": str(version), "answer": "false"}
+    done = await typed.client.post("/runs/p-1/answer", data=form, headers={"x-user": "ana"})
+    assert done.status_code == 303
+    kept = typed.store.load("p-1")  # a kept completed run: its history stays
+    assert kept.status == "completed"
+    assert kept.result == {"approve": False, "amount": 40}
+    assert [(d.answered_by, d.answered_via) for d in kept.history] == [("ana", "resume")] * 2
+    assert kept.history[1].answer is False
+    again = await typed.client.post("/runs/p-1/answer", data=form, headers={"x-user": "ana"})
+    assert again.status_code == 409 and "Already answered" in again.text
+
+
+async def test_api_a_wrong_answer_is_422_and_the_run_stays(typed: Setup) -> None:
+    version = typed.start("p-1", amount=40)
+    shown = (await typed.client.get("/api/runs/p-1", headers={"x-user": "ana"})).json()
+    assert shown["answer_schema"]["required"] == ["approve", "amount"]
+    wrong_answer = {"approve": "maybe", "amount": 3}
+    wrong = await typed.answer("p-1", {"version": version, "answer": wrong_answer})
+    assert wrong.status_code == 422
+    assert "approve" in wrong.json()["detail"]
+    snapshot = typed.store.load("p-1")
+    assert snapshot.version == version and snapshot.status == "interrupted"
+    right = await typed.answer("p-1", {"version": version,
+                                       "answer": {"approve": True, "amount": 3}})
+    assert right.status_code == 200 and right.json()["status"] == "interrupted"
+    assert typed.store.load("p-1").history[0].answered_by == "ana"

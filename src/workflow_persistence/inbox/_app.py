@@ -33,7 +33,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from workflow_persistence import errors
-from workflow_persistence._runtime.workflow import ResumeOptions, Workflow, workflows_by_name
+from workflow_persistence._runtime.workflow import Workflow, workflows_by_name
 from workflow_persistence._snapshot import Decision, StoredSnapshotInfo, WorkflowSnapshot, utc_now
 from workflow_persistence._storage.base import LISTED_STATUSES, metadata_matches
 from workflow_persistence.abc import AsyncPersistence, ListFilters, Persistence
@@ -178,7 +178,7 @@ class Inbox:
         overdue: list[StoredSnapshotInfo] = []
         if cursor is None and "deadline_before" in ListFilters.__annotations__:
             overdue = await self._store("list", **filters, deadline_before=utc_now(), limit=size)
-            overdue.sort(key=lambda i: getattr(i, "deadline", None) or utc_now())
+            overdue.sort(key=lambda i: i.deadline or utc_now())
         runs: list[StoredSnapshotInfo] = await self._store(
             "list", **filters, cursor=cursor, limit=size + 1
         )
@@ -223,16 +223,15 @@ class Inbox:
         if snapshot.version != version or snapshot.status != wanted:
             raise Refusal(409, _moved_on(snapshot, version, retry))
         kwargs: dict[str, Any] = {"expected_version": version}
-        if not retry and "answered_by" in ResumeOptions.__annotations__:
+        if not retry:
             kwargs["answered_by"] = access.user
-        invalid = getattr(errors, "InvalidAnswerError", ())
         try:
             if isinstance(workflow.persistence, AsyncPersistence):
                 result = await workflow.aresume(workflow_id, answer, **kwargs)
             else:  # a sync resume runs its nodes in a worker thread, off the event loop
                 call = functools.partial(workflow.resume, workflow_id, answer, **kwargs)
                 result = await asyncio.to_thread(call)
-        except invalid as exc:
+        except errors.InvalidAnswerError as exc:
             raise Refusal(422, str(exc)) from exc
         except errors.SerializationError as exc:
             raise Refusal(422, f"the answer cannot be stored: {exc}") from exc
@@ -249,8 +248,8 @@ class Inbox:
 
     def run_view(self, snapshot: WorkflowSnapshot, workflow: Workflow) -> dict[str, Any]:
         pending = _pending(snapshot)
-        schema = getattr(pending, "answer_schema", None)
-        deadline = getattr(pending, "deadline", None)
+        schema = None if pending is None else pending.answer_schema
+        deadline = None if pending is None else pending.deadline
         return {
             **_identity(snapshot),
             "completed_nodes": list(snapshot.completed_nodes),
@@ -301,9 +300,9 @@ def _decision_view(decision: Decision) -> dict[str, Any]:
         "answer": to_jsonable(decision.answer),
         "asked_at": _iso(decision.asked_at),
         "answered_at": _iso(decision.answered_at),
-        "answered_by": getattr(decision, "answered_by", None),
-        "answered_via": getattr(decision, "answered_via", None),
-        "deadline": _iso(getattr(decision, "deadline", None)),
+        "answered_by": decision.answered_by,
+        "answered_via": decision.answered_via,
+        "deadline": _iso(decision.deadline),
     }
 
 
@@ -323,7 +322,7 @@ def _identity(run: StoredSnapshotInfo | WorkflowSnapshot) -> dict[str, Any]:
 
 
 def info_view(info: StoredSnapshotInfo) -> dict[str, Any]:
-    deadline = getattr(info, "deadline", None)
+    deadline = info.deadline
     return {
         **_identity(info),
         "question": info.interrupt,
@@ -470,7 +469,7 @@ class Pages:
             if pending is None or snapshot.version != version:
                 raise Refusal(409, _moved_on(snapshot, version, retry=False))
             try:
-                answer = read_answer(answer_form(getattr(pending, "answer_schema", None)), values)
+                answer = read_answer(answer_form(pending.answer_schema), values)
             except FormError as exc:
                 return await self._form_again(request, access, str(exc), values)
         try:
