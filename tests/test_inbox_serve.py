@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -30,16 +31,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(the printed URL with its token, the database URL) of a running ``serve``."""
-    url = f"sqlite:///{tmp_path / 'inbox.db'}"
-    upgrade(url)
+@contextmanager
+def serving(url: str, workflows: str, *, user: str) -> Iterator[str]:
+    """``serve --workflows WORKFLOWS --url URL`` in a subprocess on a free loopback port;
+    yields the URL it printed (with its token) once the port accepts connections."""
     port = free_port()
     env = {**os.environ, "WFP_INBOX_TEST_URL": url}
     process = subprocess.Popen(
-        [str(SCRIPT), "serve", "--workflows", "tests.inbox_flows:WORKFLOWS", "--url", url,
-         "--port", str(port), "--user", "operator-1"],
+        [str(SCRIPT), "serve", "--workflows", workflows, "--url", url,
+         "--port", str(port), "--user", user],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -56,10 +56,19 @@ def served(tmp_path: Path) -> Iterator[tuple[str, str]]:
                 assert process.poll() is None, process.stderr.read() if process.stderr else ""
                 assert time.monotonic() < deadline, "serve did not start listening"
                 time.sleep(0.05)
-        yield printed, url
+        yield printed
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(the printed URL with its token, the database URL) of a running ``serve``."""
+    url = f"sqlite:///{tmp_path / 'inbox.db'}"
+    upgrade(url)
+    with serving(url, "tests.inbox_flows:WORKFLOWS", user="operator-1") as printed:
+        yield printed, url
 
 
 def test_serve_refuses_without_the_token_and_works_with_it(served: tuple[str, str]) -> None:
