@@ -18,10 +18,12 @@ import async_database
 import concurrency
 import contention
 import handwritten
+import inbox
 import listing
 import memory
 import migration
 import persistence
+import pgbouncer
 import repository
 import scale
 import serializer
@@ -45,6 +47,8 @@ SECTIONS: list[tuple[str, Callable[[], str]]] = [
     ("List what waits: 10^3 vs 10^6 runs", listing.run),
     ("Migration to revision 2 on a full table", migration.run_section),
     ("200 concurrent runs: async on one loop vs sync in 8 threads", concurrency.run),
+    ("Through PgBouncer in transaction mode vs direct", pgbouncer.run),
+    ("The inbox's list page: 50 waiting runs out of 10^5", inbox.run),
     ("OpenTelemetry: 1 KiB save/load without the API, with it, with an SDK", tracing.run),
 ]
 

@@ -138,6 +138,10 @@ def test_the_wheel_holds_the_package_its_types_and_the_migrations(installed: Ins
     assert "workflow_persistence/_migrations/env.py" in names
     assert "workflow_persistence/_migrations/script.py.mako" in names
     assert f"workflow_persistence/_migrations/versions/{REVISION_FILE}" in names
+    # The inbox's pages need nothing from the network: templates and CSS are in the wheel.
+    inbox = "workflow_persistence/inbox/"
+    assert {f"{inbox}static/inbox.css", f"{inbox}templates/run.html",
+            f"{inbox}templates/list.html", f"{inbox}templates/base.html"} <= names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.startswith(("tests/", "src/", "migrations/"))]
     # The sdist the wheel was built from carries the root environment too.

@@ -873,15 +873,16 @@ def test_a_very_long_keep_ends_in_the_year_9999(store: Persistence) -> None:
 
 
 def test_the_readme_examples_run_as_written(tmp_path: Path) -> None:
-    """The first two Python blocks of the README, in one fresh process."""
+    """The README's first Python blocks (sync, async, listing), in one fresh process."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)[:2]
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)[:3]
     done = subprocess.run(
         [sys.executable, "-c", "\n".join(blocks)],
         capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["refund-43 refunds approve Approve?"]
+    assert done.stderr == ""  # no warning either (an unclosed connection, say)
 
 
 def test_list_what_waits_for_a_user(store: Persistence) -> None:

@@ -11,9 +11,11 @@ import argparse
 import base64
 import dataclasses
 import enum
+import importlib
 import importlib.metadata
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -28,6 +30,8 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
+from workflow_persistence._runtime.picture import mermaid, path_picture
+from workflow_persistence._runtime.workflow import Workflow, workflows_by_name
 from workflow_persistence._serialization.codec import UnresolvedObject
 from workflow_persistence._serialization.serializers import JsonSerializer
 from workflow_persistence._sql.operations import first_line
@@ -39,7 +43,7 @@ from ._serialization import framing as _framing
 from ._snapshot import Decision, ErrorInfo, StoredSnapshotInfo, utc_now
 from .errors import CorruptSnapshotError, PersistenceError, WorkflowError
 
-__all__ = ["format_age", "main", "parse_age"]
+__all__ = ["format_age", "import_workflows", "main", "parse_age"]
 
 DISTRIBUTION = "workflow-persistence"
 
@@ -366,6 +370,13 @@ def _cmd_show(args: argparse.Namespace) -> None:
             f"the record stored under {workflow_id!r} holds the snapshot of"
             f" {snapshot.workflow_id!r}"
         )
+    if args.graph:
+        if args.workflows is None:
+            print(mermaid(path_picture(snapshot)), end="")
+        else:
+            workflow = _workflow_of(import_workflows(args.workflows), snapshot.workflow_name)
+            print(workflow.to_mermaid(snapshot), end="")
+        return
     view = {
         "workflow_id": snapshot.workflow_id,
         "status": snapshot.status,
@@ -388,6 +399,39 @@ def _cmd_show(args: argparse.Namespace) -> None:
         "state": to_jsonable(snapshot.state),
     }
     print(json.dumps(view, indent=2, ensure_ascii=False))
+
+
+def import_workflows(spec: str) -> dict[str, Workflow]:
+    """``pkg.module:NAME``: a Workflow, or an iterable of them, keyed by name.
+
+    The current directory is searched first, as ``python -m`` and uvicorn do, so an
+    app's own module is found without installing it.
+    """
+    module_name, colon, attribute = spec.partition(":")
+    if not colon or not module_name or not attribute:
+        raise CommandError(f"--workflows takes pkg.module:NAME, not {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CommandError(f"--workflows {spec}: cannot import {module_name}: {exc}") from exc
+    try:
+        found = getattr(module, attribute)
+    except AttributeError:
+        raise CommandError(f"--workflows {spec}: {module_name} has no {attribute!r}") from None
+    return workflows_by_name(found)
+
+
+def _workflow_of(workflows: dict[str, Workflow], name: str | None) -> Workflow:
+    if name in workflows:
+        return workflows[name]
+    if name is None and len(workflows) == 1:
+        return next(iter(workflows.values()))
+    raise CommandError(
+        f"the run belongs to workflow {name!r}, which --workflows does not name"
+        f" (it names {', '.join(map(repr, workflows))})"
+    )
 
 
 def _cmd_delete(args: argparse.Namespace) -> None:
@@ -447,6 +491,25 @@ def _selection(args: argparse.Namespace, *, expired: bool = True) -> str:
     return words + (", or expired" if expired else "")
 
 
+def _cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        from .inbox._serve import serve
+    except ImportError as exc:
+        raise CommandError(
+            f"serve needs the inbox extra ({exc.name} is missing):"
+            " pip install 'workflow-persistence[inbox]'"
+        ) from exc
+    if args.no_token and args.token is not None:
+        raise CommandError("--token and --no-token contradict each other: give one")
+    workflows = import_workflows(args.workflows)
+    serializer = JsonSerializer(unknown_classes="stand-in")  # show runs of any class
+    persistence = DatabasePersistence(
+        migrations.resolve_url(args.url), serializer=serializer, create_table=False
+    )
+    serve(workflows.values(), persistence, host=args.host, port=args.port, token=args.token,
+          require_token=not args.no_token, user=args.user)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -495,6 +558,25 @@ def _parser() -> argparse.ArgumentParser:
                          help="print one JSON array with every listed field")
     show = command("show", "print one stored snapshot as JSON", _cmd_show)
     show.add_argument("workflow_id", metavar="ID")
+    show.add_argument("--graph", action="store_true",
+                      help="print a Mermaid flowchart of the run instead: the path it took,"
+                      " or with --workflows the whole graph with its progress marked")
+    show.add_argument("--workflows", default=None, metavar="pkg.module:NAME",
+                      help="with --graph: the Workflow (or a list of them) the run belongs to")
+    serving = command(
+        "serve", "run the approvals inbox: a web page to answer waiting runs", _cmd_serve
+    )
+    serving.add_argument("--workflows", required=True, metavar="pkg.module:NAME",
+                         help="the Workflow, or a list of them, whose runs to show and answer")
+    serving.add_argument("--host", default="127.0.0.1",
+                         help="address to listen on (default: 127.0.0.1, this machine only)")
+    serving.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serving.add_argument("--token", default=None,
+                         help="the login token (default: a random one, printed at start)")
+    serving.add_argument("--no-token", action="store_true",
+                         help="let in anyone who reaches the port, without a token")
+    serving.add_argument("--user", default=None,
+                         help="the name answers are recorded under (default: your login name)")
     delete = command("delete", "delete one stored snapshot", _cmd_delete)
     delete.add_argument("workflow_id", metavar="ID")
     prune = command(

@@ -18,6 +18,7 @@ from typing_extensions import TypeVar as TypeVar_
 from workflow_persistence._serialization.columns import SnapshotColumns, columns_of
 from workflow_persistence._sql import aiomysql_bytes, operations
 from workflow_persistence._sql.operations import Cursor, DialectPlan, plan_for
+from workflow_persistence._sql.poolers import SERVER_PID_SQL, through_pooler
 from workflow_persistence._storage.base import (
     ListQuery,
     PruneQuery,
@@ -94,6 +95,11 @@ class WorkflowInterruptRepository(Generic[ModelT]):
         if connection.dialect.driver == "aiomysql":  # aio-libs/aiomysql#1080
             aiomysql_bytes.repair()
         plan = plan_for(self._table, connection.dialect)
+        if plan.family == "postgresql":  # psycopg must not prepare behind a pooler
+            try:
+                through_pooler(connection.connection, partial(_server_pid, connection))
+            except sa_exc.DBAPIError as exc:
+                raise self._translate(exc.orig or exc, connection, exc) from exc
         observed = _instrumented(connection)
         self._in_transaction = (self.session.get_transaction(), connection, plan, observed)
         return connection, plan, observed
@@ -436,6 +442,10 @@ def _release_if_large(cursor: Cursor, connection: Connection, size: int) -> None
         if info.get(_CURSOR_KEY) is cursor:
             info[_CURSOR_KEY] = _new_cursor(connection)
             cast(Any, cursor).close()
+
+
+def _server_pid(connection: Connection) -> Any:
+    return connection.exec_driver_sql(SERVER_PID_SQL).scalar()
 
 
 def _new_cursor(connection: Connection) -> Cursor:

@@ -56,6 +56,7 @@ from workflow_persistence._snapshot import (
 from workflow_persistence.errors import (
     ConflictError,
     CorruptSnapshotError,
+    InvalidAnswerError,
     SerializationError,
     StorageUnavailableError,
     WorkflowDefinitionError,
@@ -63,7 +64,8 @@ from workflow_persistence.errors import (
     WorkflowFailedError,
 )
 
-from .interrupts import NodeInterrupted, NodeVisit, visiting
+from .answers import check_answer, plain_answer
+from .interrupts import NodeInterrupted, NodeVisit, Question, visiting
 
 if TYPE_CHECKING:
     from workflow_persistence._serialization.serializers import Serializer
@@ -382,6 +384,10 @@ class Machine:
             pending = snapshot.history[-1] if snapshot.history else None
             if pending is None or pending.answered_at is not None:
                 raise WorkflowError(f"run {workflow_id!r} has no pending interrupt to answer")
+            if via == "deadline":
+                answer = _due_default(snapshot, pending)
+            if pending.answer_schema is not None:
+                answer = _fitting(snapshot, pending.answer_schema, answer)
             pending.answer = answer
             pending.answered_at = utc_now()
             pending.answered_by = answered_by
@@ -551,7 +557,7 @@ class Machine:
                     spec, claim.event, claim.state, visit, attempt, claim.snapshot.workflow_name
                 )
             except NodeInterrupted as asked:
-                return (yield from self._pause(claim, asked.payload))
+                return (yield from self._pause(claim, asked.question))
             except GeneratorExit:
                 raise
             except BaseException as exc:  # recorded as failed by _drive, then raised
@@ -598,13 +604,15 @@ class Machine:
             )
         return None
 
-    def _pause(self, claim: _Claim, payload: Any) -> Steps[RunResult]:
+    def _pause(self, claim: _Claim, question: Question) -> Steps[RunResult]:
         """Save the run as interrupted, with the state and event as the node found them.
 
         A payload that cannot be stored raises here; the run is then saved as failed at
         this node, with the question left out of its history.
         """
         state, event = self._restore(claim)
+        payload = question.payload
+        asked_at = utc_now()
         snapshot = claim.snapshot
         snapshot.status = "interrupted"
         snapshot.state = dict(state)
@@ -615,8 +623,11 @@ class Machine:
             Decision(
                 claim.spec.name,
                 payload,
-                asked_at=utc_now(),
+                asked_at=asked_at,
                 step=claim.step,
+                answer_schema=question.answer_schema,
+                deadline=None if question.timeout is None else _later(asked_at, question.timeout),
+                default=question.default,
                 trace_context=telemetry.trace_context(),
             )
         )
@@ -708,9 +719,13 @@ _DAMAGE_HINT = "; nothing was done. Restore the record from a backup, or delete 
 
 def _expiry(keep_for: timedelta) -> datetime:
     """When a run completed now and kept for ``keep_for`` expires (at the latest 9999)."""
-    now = utc_now()
+    return _later(utc_now(), keep_for)
+
+
+def _later(start: datetime, delay: timedelta) -> datetime:
+    """``start + delay``, at the latest the end of 9999 (every database reaches it)."""
     try:
-        return min(now + keep_for, _LAST_EXPIRY)
+        return min(start + delay, _LAST_EXPIRY)
     except OverflowError:
         return _LAST_EXPIRY
 
@@ -728,6 +743,35 @@ def _refuse_completed(snapshot: WorkflowSnapshot) -> None:
         workflow_id=snapshot.workflow_id,
         expected_version=snapshot.version,
     )
+
+
+def _fitting(snapshot: WorkflowSnapshot, schema: dict[str, Any], answer: Any) -> Any:
+    """``answer`` as plain JSON, if it fits the question's schema; else InvalidAnswerError."""
+    plain = plain_answer(answer)
+    try:
+        check_answer(schema, plain)
+    except InvalidAnswerError as exc:
+        raise InvalidAnswerError(
+            f"run {snapshot.workflow_id!r} was not resumed: the answer does not fit the"
+            f" question's answer_schema ({exc}); it is stored as it was, at version"
+            f" {snapshot.version}. Answer again with a value that fits",
+            field=exc.field,
+            workflow_id=snapshot.workflow_id,
+        ) from exc
+    return plain
+
+
+def _due_default(snapshot: WorkflowSnapshot, pending: Decision) -> Any:
+    """The default answer of a question whose deadline has passed; else ConflictError."""
+    deadline = pending.deadline
+    if not isinstance(deadline, datetime) or deadline > utc_now():
+        raise ConflictError(
+            f"run {snapshot.workflow_id!r} has no question past its deadline; nothing was"
+            " done",
+            workflow_id=snapshot.workflow_id,
+            expected_version=snapshot.version,
+        )
+    return pending.default
 
 
 def _check_resumable(snapshot: WorkflowSnapshot) -> None:

@@ -31,6 +31,7 @@ from workflow_persistence.errors import (
 
 from .graph import build_graph
 from .machine import Machine, RunResult, Steps, WorkflowState, arun, run
+from .picture import Picture, graph_picture, mermaid
 from .retry import NO_RETRY, RetryPolicy
 
 if TYPE_CHECKING:  # SQLAlchemy's asyncio needs greenlet, an extra: imported when used
@@ -45,6 +46,7 @@ __all__ = [
     "Workflow",
     "WorkflowState",
     "new_workflow_id",
+    "workflows_by_name",
 ]
 
 #: The longest a workflow name may be: the length of its column.
@@ -107,6 +109,17 @@ class Workflow:
     @property
     def nodes(self) -> list[str]:
         return list(self._by_name)
+
+    def picture(self, snapshot: WorkflowSnapshot | None = None) -> Picture:
+        """The graph's nodes and edges, with ``snapshot``'s progress marked (for drawing)."""
+        return graph_picture(self._graph, snapshot)
+
+    def to_mermaid(self, snapshot: WorkflowSnapshot | None = None) -> str:
+        """The graph as a Mermaid ``flowchart``: nodes, and the events that lead between
+        them (as each node's return annotation declares them). Given a run's snapshot,
+        its completed nodes and the node it stands at are marked (classes ``completed``,
+        ``current``, ``failed``), so a reader sees where the run is."""
+        return mermaid(self.picture(snapshot))
 
     # -- starting and resuming ----------------------------------------------------------
 
@@ -348,6 +361,31 @@ def _checked_persistence(
             " AsyncFilePersistence, ...) and run it with astart/aresume"
         )
     return persistence
+
+
+def workflows_by_name(workflows: object) -> dict[str, Workflow]:
+    """A Workflow, or an iterable of them, keyed by name: what the inbox and the command
+    line are handed. Each needs its own name, since stored runs say which they belong to."""
+    found = [workflows] if isinstance(workflows, Workflow) else None
+    if found is None:
+        try:
+            found = list(workflows)  # type: ignore[call-overload]
+        except TypeError:
+            found = None
+    if not found or not all(isinstance(w, Workflow) for w in found):
+        raise InvalidArgumentError(
+            f"expected a Workflow or a non-empty iterable of Workflows, not {workflows!r:.80}"
+        )
+    named: dict[str, Workflow] = {}
+    for workflow in found:
+        if workflow.name is None or workflow.name in named:
+            problem = "has no name" if workflow.name is None else "shares its name"
+            raise InvalidArgumentError(
+                f"a workflow with nodes {workflow.nodes} {problem}; give each"
+                " Workflow(..., name=...) its own name, stored with its runs"
+            )
+        named[workflow.name] = workflow
+    return named
 
 
 def _checked_name(name: object) -> str | None:

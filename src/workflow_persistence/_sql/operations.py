@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Dialect, Table
 from sqlalchemy import exc as sa_exc
@@ -25,6 +25,7 @@ from workflow_persistence._serialization.columns import SnapshotColumns
 from workflow_persistence._snapshot import StoredSnapshotInfo, utc_now
 from workflow_persistence._storage.base import ListQuery, PruneQuery, Record, version_conflict
 from workflow_persistence.errors import (
+    ConflictError,
     CorruptSnapshotError,
     PayloadTooLargeError,
     PersistenceError,
@@ -60,6 +61,11 @@ UNCONVERTIBLE = (TypeError, ValueError, AttributeError, OverflowError)
 MAX_VERSION = 2**63 - 1
 #: Damaged records named in one warning of ``list``.
 NAMED_IN_WARNING = 10
+#: How often a write without a condition is run when concurrent writes of its record
+#: keep winning (see settle_lost_race).
+LOST_RACE_TRIES = 10
+
+T = TypeVar("T")
 
 
 class Cursor(Protocol):
@@ -261,6 +267,43 @@ def _write(
     if cursor.rowcount != 1:
         raise version_conflict(workflow_id, expected_version, None)
     return expected_version + 1
+
+
+def settle_lost_race(
+    write: Callable[[], T], workflow_id: str, expected_version: int | None
+) -> T:
+    """Run one autocommit ``write`` of a record; when the server rolls it back because a
+    concurrent write of the record committed first, settle it as that race demands.
+
+    MySQL and MariaDB report that as a deadlock (1213), and so does a Galera cluster when
+    a write loses certification to one committed on another node. A conditional write
+    (``expected_version``) then raises ConflictError: the record it expected has been
+    written since. A write without a condition is run again: it is last-writer-wins, and
+    the server says it was not applied, so running it again just makes it the last one.
+    """
+    for attempt in range(1, LOST_RACE_TRIES + 1):
+        try:
+            return write()
+        except Exception as exc:
+            if not is_lost_race(exc):
+                raise
+            if expected_version is not None:
+                raise ConflictError(
+                    f"workflow {workflow_id!r}: another write of it committed first (a"
+                    " concurrent call, on this server or another node of the cluster);"
+                    " nothing was written",
+                    workflow_id=workflow_id,
+                    expected_version=expected_version,
+                ) from exc
+            if attempt == LOST_RACE_TRIES:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def is_lost_race(exc: BaseException) -> bool:
+    """Whether a MySQL/MariaDB write was rolled back as a deadlock (1213): on a Galera
+    cluster, also a certification conflict with a write committed on another node."""
+    return _codes(_driver_error(exc))[1] == 1213
 
 
 def read(cursor: Cursor, plan: DialectPlan, workflow_id: str) -> Record | None:

@@ -11,10 +11,10 @@ import os
 import re
 import weakref
 from abc import abstractmethod
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar, Unpack
+from typing import Any, ClassVar, Unpack
 
 from workflow_persistence import _telemetry as telemetry
 from workflow_persistence._ids import check_workflow_id
@@ -104,15 +104,7 @@ class ListQuery:
             return False
         if self.cursor is not None and not (info.updated_at, info.workflow_id) < self.cursor:
             return False
-        metadata = info.metadata
-        for key, wanted in self.metadata:
-            if key not in metadata:
-                return False
-            found = metadata[key]
-            # Exactly: True is not 1, and text compares by code points.
-            if type(found) is not type(wanted) or found != wanted:
-                return False
-        return True
+        return metadata_matches(info.metadata, self.metadata)
 
     def select(self, infos: builtins.list[StoredSnapshotInfo]) -> builtins.list[StoredSnapshotInfo]:
         """The matching ``infos``, newest first, cut to ``limit``."""
@@ -136,6 +128,20 @@ class PruneQuery:
         if self.cutoff is None or not updated_at < self.cutoff:
             return False
         return self.statuses is None or status in self.statuses
+
+
+def metadata_matches(
+    metadata: Mapping[str, Any], wanted: Iterable[tuple[str, MetadataValue]]
+) -> bool:
+    """Whether ``metadata`` has every wanted key with exactly that value: True is not 1,
+    and text compares by code points."""
+    for key, value in wanted:
+        if key not in metadata:
+            return False
+        found = metadata[key]
+        if type(found) is not type(value) or found != value:
+            return False
+    return True
 
 
 def is_expired(expires_at: datetime | None, now: datetime) -> bool:

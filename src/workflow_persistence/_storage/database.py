@@ -472,11 +472,16 @@ class DatabasePersistence(RecordPersistence):
     def _write(
         self, workflow_id: str, data: bytes, expected_version: int | None, columns: SnapshotColumns
     ) -> tuple[int, datetime]:
-        return self._run(  # type: ignore[no-any-return]
-            lambda lease, plan: operations.save(
-                lease.cursor, lease.conn, plan, workflow_id, data, expected_version, columns
+        def write(lease: Lease, plan: DialectPlan) -> tuple[int, datetime]:
+            return operations.settle_lost_race(
+                lambda: operations.save(
+                    lease.cursor, lease.conn, plan, workflow_id, data, expected_version, columns
+                ),
+                workflow_id,
+                expected_version,
             )
-        )
+
+        return self._run(write)  # type: ignore[no-any-return]
 
     def _read(self, workflow_id: str) -> Record | None:
         def read(lease: Lease, plan: DialectPlan) -> Record | None:
@@ -489,8 +494,10 @@ class DatabasePersistence(RecordPersistence):
 
     def _remove(self, workflow_id: str, expected_version: int | None, now: datetime) -> bool:
         return self._run(  # type: ignore[no-any-return]
-            lambda lease, plan: operations.remove(
-                lease.cursor, plan, workflow_id, expected_version, now
+            lambda lease, plan: operations.settle_lost_race(
+                lambda: operations.remove(lease.cursor, plan, workflow_id, expected_version, now),
+                workflow_id,
+                expected_version,
             )
         )
 

@@ -28,6 +28,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, Engine, event
@@ -44,6 +45,7 @@ from sqlalchemy.pool import (
 
 from workflow_persistence._sql.cursors import CursorFactory, cursor_factory
 from workflow_persistence._sql.operations import first_line
+from workflow_persistence._sql.poolers import SERVER_PID_SQL, through_pooler
 from workflow_persistence.errors import StorageUnavailableError
 
 from .deadlines import CONNECT_SECONDS, WATCHDOG, Guard, guard_for, session_bounds
@@ -304,7 +306,12 @@ class Leases:
         if ping:
             lease.cursor.execute("SELECT 1")
             lease.cursor.fetchall()
-        if bound is not None and conn.info.get(_BOUND_KEY) != bound:
+        # Through a pooler, a session setting would stay on a server connection that other
+        # clients get next: there the watchdog alone bounds a call.
+        pooled = self.family == "postgresql" and through_pooler(
+            conn, partial(_server_pid, lease)
+        )
+        if bound is not None and not pooled and conn.info.get(_BOUND_KEY) != bound:
             mariadb = bool(getattr(self.dialect, "is_mariadb", False))
             lease.cursor.execute(session_bounds(self.family, bound, is_mariadb=mariadb))
             conn.info[_BOUND_KEY] = bound
@@ -501,6 +508,11 @@ class _Waiter:
         self.ready = threading.Condition(lock)
         self.served = False
         self.lease: Lease | None = None
+
+
+def _server_pid(lease: Lease) -> Any:
+    lease.cursor.execute(SERVER_PID_SQL)
+    return lease.cursor.fetchone()[0]
 
 
 class _Stale(Exception):
