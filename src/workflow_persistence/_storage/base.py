@@ -57,6 +57,7 @@ class ListQuery:
     metadata: tuple[tuple[str, MetadataValue], ...]
     updated_before: datetime | None
     updated_after: datetime | None
+    deadline_before: datetime | None
     cursor: tuple[datetime, str] | None
     limit: int | None
     now: datetime
@@ -70,6 +71,7 @@ class ListQuery:
         metadata: object = None,
         updated_before: object = None,
         updated_after: object = None,
+        deadline_before: object = None,
         limit: object = None,
         cursor: object = None,
     ) -> ListQuery:
@@ -84,6 +86,9 @@ class ListQuery:
             updated_after=None
             if updated_after is None
             else check_aware(updated_after, "updated_after"),
+            deadline_before=None
+            if deadline_before is None
+            else check_aware(deadline_before, "deadline_before"),
             cursor=check_cursor(cursor),
             limit=check_limit(limit),
             now=utc_now(),
@@ -102,6 +107,10 @@ class ListQuery:
         if self.updated_after is not None and not info.updated_at > self.updated_after:
             return False
         if self.cursor is not None and not (info.updated_at, info.workflow_id) < self.cursor:
+            return False
+        if self.deadline_before is not None and not (
+            info.deadline is not None and info.deadline < self.deadline_before
+        ):
             return False
         metadata = info.metadata
         for key, wanted in self.metadata:
