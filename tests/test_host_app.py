@@ -51,7 +51,7 @@ from .hostapp.support import (
     version_rows,
 )
 
-REVISION = "wfp_0002"  # the library's head
+REVISION = "wfp_0003"  # the library's head
 FIRST = "wfp_0001"  # the library's base
 OUR_REVISION_FILES = ["wfp_0001_create_workflow_interrupts.py", "wfp_0002_queryable_columns.py"]
 #: The console script installed next to the interpreter running the tests.

@@ -55,7 +55,7 @@ from .hostapp.support import (
 )
 
 FIRST = "wfp_0001"
-REVISION = "wfp_0002"  # the head
+REVISION = "wfp_0003"  # the head
 VERSION_TABLE = migrations.VERSION_TABLE
 OUR_TABLES = {TABLE, VERSION_TABLE}
 COLUMNS = [
