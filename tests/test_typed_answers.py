@@ -64,7 +64,7 @@ def asking(answer_type: Any, **options: Any) -> Any:
     return ask
 
 
-def Workflow(node: Any, persistence: Any = None) -> _Workflow:  # noqa: N802
+def Workflow(node: Any, persistence: Any = None) -> _Workflow:
     # Kept once completed, so the history can be read; the result is a T: registered.
     return _Workflow(
         [node],
@@ -210,7 +210,8 @@ def test_a_wrong_answer_is_refused_and_the_run_stays_at_its_version(
     assert field in str(caught.value)
     assert isinstance(caught.value, WorkflowError) and isinstance(caught.value, ValueError)
     after = store.load(run.workflow_id)
-    assert (after.version, after.status) == (before.version, "interrupted") == (run.version, "interrupted")
+    assert after.version == before.version == run.version
+    assert after.status == "interrupted"
     assert after.history[-1].answered_at is None
 
 
