@@ -289,7 +289,7 @@ def compiled_listing(persistence: DatabasePersistence) -> tuple[str, Any]:
     assert plan is not None
     query = ListQuery(
         statuses=("interrupted",), workflow_names=None, metadata=(("tenant", "tenant-3"),),
-        updated_before=None, updated_after=None, cursor=None, limit=LIMIT,
+        updated_before=None, updated_after=None, deadline_before=None, cursor=None, limit=LIMIT,
         now=datetime.now(UTC),
     )
     found = list_parameters(plan, query)

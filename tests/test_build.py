@@ -24,9 +24,13 @@ from .hostapp.support import REPO_ROOT, run
 
 pytestmark = pytest.mark.slow
 
-REVISION_FILES = ["wfp_0001_create_workflow_interrupts.py", "wfp_0002_queryable_columns.py"]
+REVISION_FILES = [
+    "wfp_0001_create_workflow_interrupts.py",
+    "wfp_0002_queryable_columns.py",
+    "wfp_0003_interrupt_deadline.py",
+]
 REVISION_FILE = REVISION_FILES[0]
-HEAD = "wfp_0002"
+HEAD = "wfp_0003"
 TABLE = "workflow_interrupts"
 VERSION_TABLE = "workflow_persistence_alembic_version"
 

@@ -117,10 +117,10 @@ def test_upgrade_heads_made_both_branches_tables(served: Served) -> None:
     assert tables == {"refunds", "workflow_interrupts", "alembic_version"}
     # Both branches at their heads: the library's and the app's own first revision.
     assert sorted(served.rows("SELECT version_num FROM alembic_version")) == [
-        ("f256721210b2",), ("wfp_0002",)
+        ("f256721210b2",), ("wfp_0003",)
     ]
     current = served.alembic("current").stdout.split()
-    assert "wfp_0002" in current
+    assert "wfp_0003" in current
     assert "f256721210b2" in current
 
 

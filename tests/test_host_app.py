@@ -51,9 +51,13 @@ from .hostapp.support import (
     version_rows,
 )
 
-REVISION = "wfp_0002"  # the library's head
+REVISION = "wfp_0003"  # the library's head
 FIRST = "wfp_0001"  # the library's base
-OUR_REVISION_FILES = ["wfp_0001_create_workflow_interrupts.py", "wfp_0002_queryable_columns.py"]
+OUR_REVISION_FILES = [
+    "wfp_0001_create_workflow_interrupts.py",
+    "wfp_0002_queryable_columns.py",
+    "wfp_0003_interrupt_deadline.py",
+]
 #: The console script installed next to the interpreter running the tests.
 CLI = Path(sys.executable).with_name("workflow-persistence")
 HOST_VERSION_TABLE = "alembic_version"
@@ -321,7 +325,8 @@ def test_the_host_first_revision_lands_in_the_host_folder(host: HostProject) -> 
         " nullable=True)" in upgrade
     for table in ("host_interrupts", "host_archived_interrupts"):
         for suffix, columns in (("status_updated_at", "['status', 'updated_at']"),
-                                ("expires_at", "['expires_at']")):
+                                ("expires_at", "['expires_at']"),
+                                ("deadline", "['deadline']")):
             assert (
                 f"op.create_index('ix_{table}_{suffix}', '{table}', {columns}, unique=False)"
             ) in upgrade
@@ -712,6 +717,7 @@ def mixin_indexes(table_name: str) -> list[tuple[str | None, list[str]]]:
         (f"ix_{table_name}_updated_at", ["updated_at"]),
         (f"ix_{table_name}_status_updated_at", ["status", "updated_at"]),
         (f"ix_{table_name}_expires_at", ["expires_at"]),
+        (f"ix_{table_name}_deadline", ["deadline"]),
     ])
 
 
@@ -754,6 +760,7 @@ def test_the_mixin_index_survives_whatever_table_args_the_host_gives() -> None:
     assert [[c.name for c in u.columns] for u in unique] == [["version", "workflow_id"]]
     assert index_columns(OwnIndex) == [
         ("by_update", ["updated_at"]),
+        ("ix_own_index_deadline", ["deadline"]),
         ("ix_own_index_expires_at", ["expires_at"]),
         ("ix_own_index_status_updated_at", ["status", "updated_at"]),
         ("recent_first", []),

@@ -48,6 +48,7 @@ NEW_INDEXES = {
 }
 T0 = datetime(2026, 11, 1, 9, 30, 15, 123456, tzinfo=UTC)
 MANY = 2345  # crosses the fill's batches of 1,000
+HEAD = "wfp_0003"  # where upgrading without a target goes
 
 
 @dataclass
@@ -284,7 +285,7 @@ def old_database(empty_database_url: URL) -> URL:
 def test_upgrade_fills_every_column_of_every_record(old_database: URL) -> None:
     before = raw_rows(old_database)
     migrations.upgrade(old_database)
-    assert current(old_database) == "wfp_0002"
+    assert current(old_database) == HEAD
     assert "no_such_module_xy" not in " ".join(sys.modules)  # nothing stored was imported
     found = new_columns(old_database)
     assert set(found) == set(RECORDS)
@@ -298,7 +299,11 @@ def test_upgrade_fills_every_column_of_every_record(old_database: URL) -> None:
             assert schema_diff(connection, metadata) == []
             inspector = sa.inspect(connection)
             indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes(TABLE)}
-            assert indexes == {"ix_workflow_interrupts_updated_at": ["updated_at"], **NEW_INDEXES}
+            assert indexes == {
+                "ix_workflow_interrupts_updated_at": ["updated_at"],
+                **NEW_INDEXES,
+                "ix_workflow_interrupts_deadline": ["deadline"],  # wfp_0003's
+            }
             status = {c["name"]: c for c in inspector.get_columns(TABLE)}["status"]
             assert status["nullable"] is False
             assert status["default"] is None  # the fill's default is gone
@@ -382,7 +387,7 @@ def test_a_table_made_by_the_current_model_is_only_recorded(empty_database_url: 
         changes = [s for s in statements if s.lstrip().upper().startswith(("ALTER", "CREATE"))]
         assert [s for s in changes if TABLE in s and "version" not in s] == []
         with engine.connect() as connection:
-            assert migrations.current_revision(connection) == "wfp_0002"
+            assert migrations.current_revision(connection) == HEAD
             assert schema_diff(connection, metadata) == []
     finally:
         engine.dispose()
@@ -397,7 +402,7 @@ def test_offline_sql_adds_the_columns_without_reading_records(
     from .test_migrations import offline_url, sql_statements
 
     url = offline_url(old_database, db_kind)
-    done = alembic("-x", f"url={url_text(url)}", "upgrade", "wfp_0001:wfp_0002", "--sql",
+    done = alembic("-x", f"url={url_text(url)}", "upgrade", f"wfp_0001:{HEAD}", "--sql",
                    cwd=tmp_path)
     statements = sql_statements(done.stdout)
     assert not any("CONCURRENTLY" in s.upper() for s in statements)
@@ -408,7 +413,7 @@ def test_offline_sql_adds_the_columns_without_reading_records(
                 connection.exec_driver_sql(statement)
     finally:
         engine.dispose()
-    assert current(old_database) == "wfp_0002"
+    assert current(old_database) == HEAD
     assert {e.status for e in new_columns(old_database).values()} == {"unknown"}
     engine = make_engine(old_database)
     try:

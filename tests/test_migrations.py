@@ -55,20 +55,25 @@ from .hostapp.support import (
 )
 
 FIRST = "wfp_0001"
-REVISION = "wfp_0002"  # the head
+REVISION = "wfp_0003"  # the head
 VERSION_TABLE = migrations.VERSION_TABLE
 OUR_TABLES = {TABLE, VERSION_TABLE}
 COLUMNS = [
     "workflow_id", "data", "version", "created_at", "updated_at",
     "status", "workflow_name", "current_node", "interrupt", "run_metadata", "expires_at",
+    "deadline",
 ]
-NULLABLE = ["workflow_name", "current_node", "interrupt", "run_metadata", "expires_at"]
+NULLABLE = [
+    "workflow_name", "current_node", "interrupt", "run_metadata", "expires_at", "deadline",
+]
 INDEXES = {
     INDEX: ["updated_at"],
     "ix_workflow_interrupts_status_updated_at": ["status", "updated_at"],
     "ix_workflow_interrupts_expires_at": ["expires_at"],
+    "ix_workflow_interrupts_deadline": ["deadline"],
 }
-RAN_OUR_REVISION = f"Running upgrade {FIRST} -> {REVISION}"
+PREVIOUS = "wfp_0002"  # what the head revises
+RAN_OUR_REVISION = f"Running upgrade {PREVIOUS} -> {REVISION}"
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -90,7 +95,9 @@ def assert_promised_schema(url: URL, kind: str) -> None:
             assert isinstance(text_type, sa.String)
             assert text_type.length == length
         assert isinstance(columns["version"]["type"], sa.Integer)
-        stamps = [columns[n]["type"] for n in ("created_at", "updated_at", "expires_at")]
+        stamps = [
+            columns[n]["type"] for n in ("created_at", "updated_at", "expires_at", "deadline")
+        ]
         if kind == "postgresql":
             assert isinstance(columns["data"]["type"], postgresql.BYTEA)
             assert all(isinstance(t, postgresql.TIMESTAMP) and t.timezone for t in stamps)
@@ -114,6 +121,7 @@ def assert_promised_schema(url: URL, kind: str) -> None:
                 "interrupt": "jsonb",
                 "run_metadata": "jsonb",
                 "expires_at": "timestamp with time zone",
+                "deadline": "timestamp with time zone",
             }
         elif kind == "mariadb":
             assert isinstance(columns["data"]["type"], mysql.LONGBLOB)
@@ -143,6 +151,7 @@ def assert_promised_schema(url: URL, kind: str) -> None:
                 "interrupt": ("longtext", "utf8mb4_bin"),
                 "run_metadata": ("longtext", "utf8mb4_bin"),
                 "expires_at": ("datetime(6)", None),
+                "deadline": ("datetime(6)", None),
             }
         else:
             assert isinstance(columns["data"]["type"], sa.BLOB)
@@ -161,6 +170,7 @@ def assert_promised_schema(url: URL, kind: str) -> None:
                 "interrupt": "JSON",
                 "run_metadata": "JSON",
                 "expires_at": "DATETIME",
+                "deadline": "DATETIME",
             }
         assert inspector.get_pk_constraint(TABLE)["constrained_columns"] == ["workflow_id"]
         indexes = inspector.get_indexes(TABLE)
@@ -309,7 +319,7 @@ def test_the_first_revision_carries_the_branch_label(tmp_path: Path) -> None:
     labelled = script.get_revision(f"{migrations.BRANCH}@head")
     assert labelled is not None
     assert labelled.revision == REVISION
-    assert labelled.down_revision == FIRST
+    assert labelled.down_revision == PREVIOUS
     assert migrations.BRANCH in labelled.branch_labels  # inherited from the first one
     first = script.get_revision(FIRST)
     assert first is not None
@@ -547,5 +557,6 @@ def test_the_model_and_the_migration_name_the_same_things() -> None:
     assert table.name == TABLE
     assert [c.name for c in table.columns] == COLUMNS
     assert {i.name: [c.name for c in i.columns] for i in table.indexes} == INDEXES
-    assert tuple(COLUMNS[5:]) == migrations.RUN_COLUMNS
+    assert tuple(COLUMNS[5:-1]) == migrations.RUN_COLUMNS
+    assert COLUMNS[-1] == migrations.DEADLINE_COLUMN
     assert metadata.tables[TABLE] is table

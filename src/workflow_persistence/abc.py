@@ -24,6 +24,7 @@ class ListFilters(TypedDict, total=False):
     metadata: Mapping[str, str | int | bool] | None
     updated_before: datetime | None
     updated_after: datetime | None
+    deadline_before: datetime | None
     limit: int | None
     cursor: StoredSnapshotInfo | None
 
@@ -66,6 +67,8 @@ class Persistence(ABC):
         ``status`` and ``workflow_name`` take one value or several; ``metadata`` keeps
         records whose metadata has all the given top-level keys with exactly these
         values (str, int or bool). ``updated_before``/``updated_after`` are strict bounds.
+        ``deadline_before`` keeps the runs whose pending question has a deadline before
+        it (given now: the overdue ones).
         Records that have expired are never listed. To page, pass the last record of a
         page as ``cursor`` to get the next one: records sharing an ``updated_at`` are
         neither skipped nor repeated.

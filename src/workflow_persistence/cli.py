@@ -216,6 +216,7 @@ def _cmd_list(args: argparse.Namespace) -> None:
             workflow_name=args.workflow,
             metadata=_metadata_filter(args.meta),
             updated_before=None if args.older_than is None else _cutoff(args.older_than),
+            deadline_before=utc_now() if args.overdue else None,
             limit=args.limit,
         )
     if args.json:
@@ -241,7 +242,14 @@ _MIN_QUESTION = 12  # the question keeps this much even when the other columns a
 
 
 def _table(infos: Sequence[StoredSnapshotInfo], width: int) -> list[str]:
-    """One line per record; the question is cut so that a line fits ``width``."""
+    """One line per record; the question is cut so that a line fits ``width``.
+
+    When a listed run's question has a deadline, a last column shows each deadline and
+    marks those that passed as overdue.
+    """
+    now = utc_now()
+    timed = any(i.deadline is not None for i in infos)
+    headers = (*_COLUMNS, "DEADLINE (UTC)") if timed else _COLUMNS
     rows = [
         (
             _one_line(i.workflow_id),
@@ -249,18 +257,30 @@ def _table(infos: Sequence[StoredSnapshotInfo], width: int) -> list[str]:
             _one_line(i.workflow_name or "-"),
             _one_line(i.current_node or "-"),
             question(i.interrupt),
-            i.updated_at.astimezone(UTC).isoformat(timespec="seconds"),
+            _iso_seconds(i.updated_at),
+            *((_deadline_cell(i.deadline, now),) if timed else ()),
         )
         for i in infos
     ]
-    widths = [max(len(_COLUMNS[c]), *(len(r[c]) for r in rows)) for c in range(len(_COLUMNS))]
-    others = sum(widths) - widths[4] + len(_GAP) * (len(_COLUMNS) - 1)
+    widths = [max(len(headers[c]), *(len(r[c]) for r in rows)) for c in range(len(headers))]
+    others = sum(widths) - widths[4] + len(_GAP) * (len(headers) - 1)
     widths[4] = min(widths[4], max(width - others, _MIN_QUESTION))
     lines = []
-    for row in [_COLUMNS, *rows]:
-        cells = [*row[:4], _cut(row[4], widths[4]), row[5]]
+    for row in [headers, *rows]:
+        cells = [*row[:4], _cut(row[4], widths[4]), *row[5:]]
         lines.append(_GAP.join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)))
     return [line.rstrip() for line in lines]
+
+
+def _iso_seconds(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _deadline_cell(deadline: datetime | None, now: datetime) -> str:
+    """The deadline of a run's question; "overdue" once it passed ("-" when it has none)."""
+    if deadline is None:
+        return "-"
+    return f"{_iso_seconds(deadline)} overdue" if deadline <= now else _iso_seconds(deadline)
 
 
 def question(interrupt: Any) -> str:
@@ -547,6 +567,8 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--older-than", type=parse_age, default=None, metavar="AGE",
                          help="only workflows not updated for AGE (7d, 12h, 30m)")
     _status_option(listing, "only workflows with this status")
+    listing.add_argument("--overdue", action="store_true",
+                         help="only runs whose question's deadline has passed")
     listing.add_argument("--workflow", action="append", default=None, metavar="NAME",
                          help="only runs of the workflow with this name (repeatable)")
     listing.add_argument("--meta", action="append", type=meta_pair, default=[],

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
-from workflow_persistence._serialization.columns import columns_of
+from workflow_persistence._serialization.columns import columns_of, pending_deadline
 from workflow_persistence._serialization.serializers import JsonSerializer
 
 from ._snapshot import SNAPSHOT_STATUSES, UNKNOWN_STATUS
@@ -39,12 +39,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BRANCH",
+    "DEADLINE_COLUMN",
     "DEFAULT_URL",
     "RUN_COLUMNS",
     "URL_ENV_VAR",
     "VERSION_TABLE",
     "alembic_config",
     "current_revision",
+    "fill_deadlines",
     "fill_run_columns",
     "include_name",
     "include_object",
@@ -248,7 +250,8 @@ _NAME_LENGTH = 255  # workflow_name and current_node: VARCHAR(255), like ids
 
 
 def require_run_columns(connection: Connection | Engine, table: sa.Table) -> None:
-    """Raise a clear error if ``table`` predates revision ``wfp_0002`` (its columns missing).
+    """Raise a clear error if ``table`` predates revision ``wfp_0002`` or ``wfp_0003``
+    (columns this version writes are missing).
 
     Such a table is not upgraded behind the app's back: filling the new columns reads
     every record, which is for ``migrate`` (or the app's Alembic) to do, once.
@@ -256,10 +259,14 @@ def require_run_columns(connection: Connection | Engine, table: sa.Table) -> Non
     found = {column["name"] for column in sa.inspect(connection).get_columns(
         table.name, schema=table.schema
     )}
-    missing = [name for name in RUN_COLUMNS if name in table.c and name not in found]
+    for revision, columns in (("wfp_0002", RUN_COLUMNS), ("wfp_0003", (DEADLINE_COLUMN,))):
+        _require(table, revision, [n for n in columns if n in table.c and n not in found])
+
+
+def _require(table: sa.Table, revision: str, missing: list[str]) -> None:
     if missing:
         raise PersistenceError(
-            f"the table {table.name!r} predates revision wfp_0002 (it lacks the column"
+            f"the table {table.name!r} predates revision {revision} (it lacks the column"
             f"{'s' if len(missing) > 1 else ''} {', '.join(missing)}): upgrade it once with"
             " `workflow-persistence migrate`, or `alembic upgrade heads` in an app whose"
             " Alembic lists the library's migrations"
@@ -284,20 +291,36 @@ def fill_run_columns(
     next save.
     """
     serializer = JsonSerializer(unknown_classes="stand-in")
-    table = sa.table(table_name, sa.column("workflow_id"), sa.column("data"), schema=schema)
-    page = sa.select(table.c.workflow_id, table.c.data).order_by(table.c.workflow_id)
     write = _batch_writer(connection, table_name, schema)
     done = 0
+    for rows in _stored_batches(connection, table_name, schema, batch_size):
+        write([_column_values(serializer, *row) for row in rows])
+        done += len(rows)
+    return done
+
+
+def _stored_batches(
+    connection: Connection,
+    table_name: str,
+    schema: str | None,
+    batch_size: int,
+    status: str | None = None,
+) -> Iterator[list[Any]]:
+    """``(workflow_id, data)`` of the stored records (of ``status``, if given), a batch
+    at a time, by keyset on ``workflow_id``: memory holds one batch, never the table."""
+    columns: list[Any] = [sa.column("workflow_id"), sa.column("data"), sa.column("status")]
+    table = sa.table(table_name, *columns, schema=schema)
+    page = sa.select(table.c.workflow_id, table.c.data).order_by(table.c.workflow_id)
+    if status is not None:
+        page = page.where(table.c.status == status)
     after: Any = None
     while True:
         query = page if after is None else page.where(table.c.workflow_id > after)
-        rows = connection.execute(query.limit(batch_size)).all()
+        rows = list(connection.execute(query.limit(batch_size)).all())
         if not rows:
-            return done
-        write([_column_values(serializer, *row) for row in rows])
-        done += len(rows)
+            return
         after = rows[-1][0]
-        del rows  # hold one batch at a time
+        yield rows
 
 
 def _batch_writer(
@@ -440,6 +463,56 @@ def _column_values(serializer: Any, workflow_id: Any, data: Any) -> dict[str, An
         b_expires_at=columns.expires_at,
     )
     return values
+
+
+# -- revision wfp_0003: the deadline of the pending question ------------------------------
+
+#: The column revision ``wfp_0003`` added: when a waiting run's question is due for its
+#: default answer (``interrupt(..., timeout=...)``), so overdue runs are one indexed query.
+DEADLINE_COLUMN = "deadline"
+
+
+def fill_deadlines(
+    connection: Connection,
+    table_name: str = TABLE_NAME,
+    *,
+    schema: str | None = None,
+    batch_size: int = 1000,
+) -> int:
+    """Fill ``deadline`` of every waiting run from its ``data``; return how many got one.
+
+    What revision ``wfp_0003`` runs after adding the column (a host app calls it the same
+    way for a table of its own). Only interrupted records can have one; records are
+    decoded with stand-ins, so no stored class is imported, and one that cannot be
+    decoded keeps no deadline until its next save.
+    """
+    serializer = JsonSerializer(unknown_classes="stand-in")
+    table = sa.table(
+        table_name, sa.column("workflow_id"), sa.column(DEADLINE_COLUMN), schema=schema
+    )
+    update = (
+        sa.update(table)
+        .where(table.c.workflow_id == sa.bindparam("b_workflow_id"))
+        .values(deadline=sa.bindparam("b_deadline", type_=UTCDateTime()))
+    )
+    done = 0
+    for rows in _stored_batches(connection, table_name, schema, batch_size, "interrupted"):
+        values = []
+        for workflow_id, data in rows:
+            deadline = _readable_deadline(serializer, data)
+            if deadline is not None:
+                values.append({"b_workflow_id": workflow_id, "b_deadline": deadline})
+        if values:
+            connection.execute(update, values)
+            done += len(values)
+    return done
+
+
+def _readable_deadline(serializer: JsonSerializer, data: Any) -> datetime | None:
+    try:
+        return pending_deadline(serializer.loads(bytes(data)))
+    except Exception:  # one unreadable record must not stop the migration
+        return None
 
 
 def _fitting_name(name: str | None) -> str | None:

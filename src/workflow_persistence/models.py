@@ -30,6 +30,7 @@ INDEXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("updated_at", ("updated_at",)),
     ("status_updated_at", ("status", "updated_at")),  # "what waits", newest first
     ("expires_at", ("expires_at",)),  # prune of expired records
+    ("deadline", ("deadline",)),  # the overdue questions, for expire_due
 )
 
 
@@ -60,6 +61,8 @@ class WorkflowInterruptMixin:
     interrupt: Mapped[Any] = mapped_column(JsonData(), nullable=True)
     run_metadata: Mapped[Any] = mapped_column(JsonData(), nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # When the pending question is due for its default answer (revision wfp_0003).
+    deadline: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     @staticmethod
     def table_args(table_name: str, **options: Any) -> tuple[Any, ...]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -48,6 +49,7 @@ from workflow_persistence._snapshot import (
     SNAPSHOT_STATUSES,
     Decision,
     ErrorInfo,
+    StoredSnapshotInfo,
     WorkflowSnapshot,
     clip,
     exception_text,
@@ -62,6 +64,7 @@ from workflow_persistence.errors import (
     WorkflowDefinitionError,
     WorkflowError,
     WorkflowFailedError,
+    WorkflowNotFoundError,
 )
 
 from .answers import check_answer, plain_answer
@@ -75,6 +78,8 @@ if TYPE_CHECKING:
     from .retry import RetryPolicy
 
 __all__ = ["Machine", "RunResult", "WorkflowState", "arun", "run"]
+
+_log = logging.getLogger("workflow_persistence")
 
 T = TypeVar("T")
 
@@ -152,9 +157,9 @@ Steps = Generator[Op, Any, T]
 
 @dataclass(slots=True)
 class Store:
-    """A call on the persistence: ``save``, ``load`` or ``delete``."""
+    """A call on the persistence: ``save``, ``load``, ``delete`` or ``list``."""
 
-    method: Literal["save", "load", "delete"]
+    method: Literal["save", "load", "delete", "list"]
     args: tuple[Any, ...]
     options: dict[str, Any]
 
@@ -300,6 +305,46 @@ class Machine:
         self.serializer = serializer
 
     # -- claiming ---------------------------------------------------------------------------
+
+    def expire_due(self, limit: int | None) -> Steps[int]:
+        """Resume each of this workflow's runs whose question is past its deadline with the
+        question's default; how many were resumed.
+
+        Each is claimed at the version it was listed with, so of several processes
+        expiring at once exactly one resumes a run; the others skip it (ConflictError). A
+        run that cannot be resumed (damaged, a node this workflow lacks) is skipped with
+        a warning, so one bad record never holds up the others; a run whose node fails
+        was resumed, and is saved as failed as any resume would leave it.
+        """
+        due: list[StoredSnapshotInfo] = yield Store(
+            "list",
+            (),
+            {
+                "workflow_name": self.name,
+                "status": "interrupted",
+                "deadline_before": utc_now(),
+                "limit": limit,
+            },
+        )
+        resumed = 0
+        for info in due:
+            try:
+                yield from self.resume(
+                    info.workflow_id,
+                    None,
+                    expected_version=info.version,
+                    take_over=False,
+                    via="deadline",
+                )
+            except (ConflictError, WorkflowNotFoundError):
+                continue  # answered, expired by another process, or gone meanwhile
+            except WorkflowFailedError as exc:
+                _log.warning("expire_due: %s", exc)
+            except (CorruptSnapshotError, SerializationError, WorkflowError) as exc:
+                _log.warning("expire_due skipped run %r: %s", info.workflow_id, exc)
+                continue
+            resumed += 1
+        return resumed
 
     def start(self, snapshot: WorkflowSnapshot) -> Steps[RunResult]:
         """Claim a new run (its record must not exist yet), then run it."""

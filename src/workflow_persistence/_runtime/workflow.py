@@ -200,7 +200,33 @@ class Workflow:
         with telemetry.run_call("resume", self.name, workflow_id) as call:
             return call.finished(await arun(steps, persistence))
 
-    # -- what the four calls share ------------------------------------------------------
+    def expire_due(self, *, limit: int | None = None) -> int:
+        """Answer every overdue question of this workflow's runs with its default.
+
+        A question asked with ``interrupt(..., timeout=..., default=...)`` is overdue once
+        its deadline passed; each such run (at most ``limit``) is resumed with the
+        default, its history recording ``answered_via="deadline"``. Safe to run from
+        several processes at once (a cron job, a worker per machine): each run is claimed
+        as ``resume`` claims it, so exactly one of them resumes it. Returns how many runs
+        this call resumed. The runs are found by the workflow's ``name``, which it needs.
+        """
+        persistence = self._sync_persistence("expire_due", {})
+        return run(self._expiring(limit), persistence)
+
+    async def aexpire_due(self, *, limit: int | None = None) -> int:
+        """:meth:`expire_due` on the event loop, for a workflow with an AsyncPersistence."""
+        persistence = self._async_persistence("aexpire_due", {})
+        return await arun(self._expiring(limit), persistence)
+
+    # -- what the calls share -----------------------------------------------------------
+
+    def _expiring(self, limit: int | None) -> Steps[int]:
+        if self.name is None:
+            raise WorkflowError(
+                "expire_due finds a workflow's overdue runs by its name: give the workflow"
+                " one, Workflow(nodes, name=...), as the runs were started with"
+            )
+        return self._machine().expire_due(limit)
 
     def _machine(self) -> Machine:
         return Machine(

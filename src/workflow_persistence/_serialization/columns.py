@@ -30,6 +30,7 @@ __all__ = [
     "columns_of",
     "json_text",
     "metadata_text",
+    "pending_deadline",
     "plain_json",
 ]
 
@@ -50,6 +51,7 @@ class SnapshotColumns(NamedTuple):
     interrupt: str | None  # JSON text, None when the run asks nothing
     run_metadata: str  # JSON text of an object
     expires_at: datetime | None
+    deadline: datetime | None = None  # of the pending question, if it has one
 
 
 def columns_of(snapshot: WorkflowSnapshot) -> SnapshotColumns:
@@ -64,7 +66,16 @@ def columns_of(snapshot: WorkflowSnapshot) -> SnapshotColumns:
         interrupt=None if interrupt is None else json_text(interrupt),
         run_metadata=metadata_text(metadata) if metadata else "{}",
         expires_at=snapshot.expires_at,
+        deadline=pending_deadline(snapshot),
     )
+
+
+def pending_deadline(snapshot: WorkflowSnapshot) -> datetime | None:
+    """When the waiting run's question is due for its default answer, if it has a deadline."""
+    if snapshot.status != "interrupted" or not snapshot.history:
+        return None
+    pending = snapshot.history[-1]
+    return pending.deadline if pending.answered_at is None else None
 
 
 def json_text(value: Any) -> str:

@@ -213,7 +213,7 @@ def save(
     elif plan.family == "sqlite":
         _check_sqlite_length(connection.dbapi_connection, data)
     now = utc_now()
-    expires_at = columns.expires_at
+    expires_at, deadline = columns.expires_at, columns.deadline
     values = {
         "wf_id": workflow_id,
         "wf_data": data,
@@ -224,6 +224,7 @@ def save(
         "wf_interrupt": columns.interrupt,
         "wf_metadata": columns.run_metadata,
         "wf_expires": None if expires_at is None else plan.to_db(expires_at),
+        "wf_deadline": None if deadline is None else plan.to_db(deadline),
     }
     try:
         return _write(cursor, plan, workflow_id, values, expected_version), now
@@ -321,7 +322,7 @@ def read_row(
     if row is None:
         return None
     record = _record_of(plan, workflow_id, row[:5])
-    status, workflow_name, current_node, interrupt, metadata = row[5:]
+    status, workflow_name, current_node, interrupt, metadata, deadline = row[5:]
     try:
         columns = {
             "status": status,
@@ -329,10 +330,11 @@ def read_row(
             "current_node": current_node,
             "interrupt": plan.json_from_db(interrupt),
             "run_metadata": plan.json_from_db(metadata),
+            "deadline": None if deadline is None else plan.from_db(deadline),
         }
-    except ValueError as exc:
+    except UNCONVERTIBLE as exc:
         raise damaged_record(
-            workflow_id, "its interrupt or run_metadata column is not JSON"
+            workflow_id, "its interrupt, run_metadata or deadline column is damaged"
         ) from exc
     return record, columns
 
@@ -456,6 +458,8 @@ def list_parameters(plan: DialectPlan, query: ListQuery) -> tuple[ListShape, dic
         values["before"] = to_db(query.updated_before)
     if query.updated_after is not None:
         values["after"] = to_db(query.updated_after)
+    if query.deadline_before is not None:
+        values["due"] = to_db(query.deadline_before)
     if query.cursor is not None:
         values["cu"], values["cid"] = to_db(query.cursor[0]), query.cursor[1]
     if query.limit is not None:
@@ -469,6 +473,7 @@ def list_parameters(plan: DialectPlan, query: ListQuery) -> tuple[ListShape, dic
         after=query.updated_after is not None,
         cursor=query.cursor is not None,
         limited=query.limit is not None,
+        deadline_before=query.deadline_before is not None,
     )
     return shape, values
 
@@ -557,7 +562,7 @@ def _info_of(row: Any, plan: DialectPlan) -> StoredSnapshotInfo:
     a column holds what the library never writes."""
     (
         workflow_id, created_at, updated_at, version, status, workflow_name, current_node,
-        interrupt, metadata, expires_at,
+        interrupt, metadata, expires_at, deadline,
     ) = row  # fmt: skip
     if (
         type(workflow_id) is not str
@@ -571,10 +576,12 @@ def _info_of(row: Any, plan: DialectPlan) -> StoredSnapshotInfo:
     from_db = plan.from_db
     created, updated = from_db(created_at), from_db(updated_at)
     expires = None if expires_at is None else from_db(expires_at)
+    due = None if deadline is None else from_db(deadline)
     if (
         type(created) is not datetime
         or type(updated) is not datetime
         or (expires is not None and type(expires) is not datetime)
+        or (due is not None and type(due) is not datetime)
     ):
         raise _DamagedRow
     interrupt = plan.json_from_db(interrupt)
@@ -594,6 +601,7 @@ def _info_of(row: Any, plan: DialectPlan) -> StoredSnapshotInfo:
         interrupt=interrupt,
         metadata=metadata,
         expires_at=expires,
+        deadline=due,
     )
 
 

@@ -118,6 +118,7 @@ COLUMN_PARAMS = (
     ("interrupt", "wf_interrupt"),
     ("run_metadata", "wf_metadata"),
     ("expires_at", "wf_expires"),
+    ("deadline", "wf_deadline"),
 )
 
 
@@ -133,6 +134,7 @@ class ListShape:
     after: bool
     cursor: bool
     limited: bool
+    deadline_before: bool = False
 
 
 class TableStatements:
@@ -175,6 +177,7 @@ class TableStatements:
             c.current_node,
             c.interrupt,
             c.run_metadata,
+            c.deadline,
         ).where(by_id)
         self.select_version: Select[Any] = select(c.version).where(by_id, live)
         self.delete_one: Delete = delete(table).where(by_id, live)
@@ -350,7 +353,7 @@ class TableStatements:
         Served by the ``(status, updated_at)`` index when statuses are asked for, by the
         ``updated_at`` index otherwise. Parameters: ``:now``; ``:st_<i>``, ``:wn_<i>``;
         per metadata pair ``:mk_<i>``/``:mv_<i>``/``:mt_<i>`` (or ``:meta`` on PostgreSQL);
-        ``:before``, ``:after``, ``:cu``/``:cid``, ``:limit``.
+        ``:before``, ``:after``, ``:due`` (deadline before), ``:cu``/``:cid``, ``:limit``.
         """
         c = self.table.c
         stmt = select(
@@ -364,6 +367,7 @@ class TableStatements:
             c.interrupt,
             c.run_metadata,
             c.expires_at,
+            c.deadline,
         ).where(self.live())
         if shape.statuses:
             stmt = stmt.where(self._status_in(shape.statuses))
@@ -377,6 +381,8 @@ class TableStatements:
             stmt = stmt.where(c.updated_at < bindparam("before"))
         if shape.after:
             stmt = stmt.where(c.updated_at > bindparam("after"))
+        if shape.deadline_before:  # served by the deadline index
+            stmt = stmt.where(c.deadline < bindparam("due"))
         workflow_id = self._by_code_points(c.workflow_id)
         if shape.cursor:
             at = bindparam("cu", type_=c.updated_at.type)

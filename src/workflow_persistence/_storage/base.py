@@ -58,6 +58,7 @@ class ListQuery:
     metadata: tuple[tuple[str, MetadataValue], ...]
     updated_before: datetime | None
     updated_after: datetime | None
+    deadline_before: datetime | None
     cursor: tuple[datetime, str] | None
     limit: int | None
     now: datetime
@@ -71,6 +72,7 @@ class ListQuery:
         metadata: object = None,
         updated_before: object = None,
         updated_after: object = None,
+        deadline_before: object = None,
         limit: object = None,
         cursor: object = None,
     ) -> ListQuery:
@@ -85,6 +87,9 @@ class ListQuery:
             updated_after=None
             if updated_after is None
             else check_aware(updated_after, "updated_after"),
+            deadline_before=None
+            if deadline_before is None
+            else check_aware(deadline_before, "deadline_before"),
             cursor=check_cursor(cursor),
             limit=check_limit(limit),
             now=utc_now(),
@@ -103,6 +108,10 @@ class ListQuery:
         if self.updated_after is not None and not info.updated_at > self.updated_after:
             return False
         if self.cursor is not None and not (info.updated_at, info.workflow_id) < self.cursor:
+            return False
+        if self.deadline_before is not None and not (
+            info.deadline is not None and info.deadline < self.deadline_before
+        ):
             return False
         return metadata_matches(info.metadata, self.metadata)
 

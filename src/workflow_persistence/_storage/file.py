@@ -535,8 +535,9 @@ class _Header(NamedTuple):
         return self.size + (self.columns_size or 0)
 
 
-#: ``(status, workflow_name, current_node, interrupt, metadata)`` as ``list`` shows them.
-_Listed = tuple[str, str | None, str | None, Any, dict[str, Any]]
+#: ``(status, workflow_name, current_node, interrupt, metadata, deadline)`` as ``list``
+#: shows them.
+_Listed = tuple[str, str | None, str | None, Any, dict[str, Any], datetime | None]
 
 
 def _encode_header(
@@ -572,7 +573,13 @@ def _encode_columns(columns: SnapshotColumns) -> bytes:
     )
     # The two renderings are JSON text already, valid UTF-8, with every newline escaped.
     interrupt = "null" if columns.interrupt is None else columns.interrupt
-    text = f'{names[:-1]}, "interrupt": {interrupt}, "metadata": {columns.run_metadata}}}\n'
+    deadline = "" if columns.deadline is None else (
+        f', "deadline": "{columns.deadline.astimezone(UTC).isoformat()}"'
+    )
+    text = (
+        f'{names[:-1]}, "interrupt": {interrupt}, "metadata": {columns.run_metadata}'
+        f"{deadline}}}\n"
+    )
     line = text.encode("utf-8")
     if len(line) > _MAX_COLUMNS:
         raise PayloadTooLargeError(
@@ -682,7 +689,7 @@ def _info_of(
         else:
             line = os.pread(fd, header.columns_size, header.size)
         listed = _decode_columns(line, directory, name)
-    status, workflow_name, current_node, interrupt, metadata = listed
+    status, workflow_name, current_node, interrupt, metadata, deadline = listed
     return StoredSnapshotInfo(
         header.workflow_id,
         header.created_at,
@@ -694,6 +701,7 @@ def _info_of(
         interrupt=interrupt,
         metadata=metadata,
         expires_at=header.expires_at,
+        deadline=deadline,
     )
 
 
@@ -707,19 +715,22 @@ def _decode_columns(line: bytes, directory: Path, name: str) -> _Listed:
         current_node = fields["current_node"]
         interrupt = fields["interrupt"]
         metadata = fields["metadata"]
+        deadline_text = fields.get("deadline")  # absent in files written before deadlines
+        deadline = None if deadline_text is None else datetime.fromisoformat(deadline_text)
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise CorruptSnapshotError(f"damaged columns in {str(directory / name)!r}: {exc}") from exc
     if (
         type(status) is not str
         or not (workflow_name is None or type(workflow_name) is str)
         or not (current_node is None or type(current_node) is str)
+        or (deadline is not None and deadline.utcoffset() is None)
     ):
         raise CorruptSnapshotError(
             f"damaged columns in {str(directory / name)!r}: unexpected field values"
         )
     if type(metadata) is not dict:  # a rendering too long to keep, cut to a JSON string
         metadata = {}
-    return status, workflow_name, current_node, interrupt, metadata
+    return status, workflow_name, current_node, interrupt, metadata, deadline
 
 
 #: Reads format-1 files for ``list``: classes it does not know become stand-ins, so no
@@ -747,11 +758,18 @@ def _listed_of_format_1(
     columns = columns_of(snapshot)
     interrupt = None if columns.interrupt is None else json.loads(columns.interrupt)
     metadata = json.loads(columns.run_metadata)
-    return columns.status, columns.workflow_name, columns.current_node, interrupt, metadata
+    return (
+        columns.status,
+        columns.workflow_name,
+        columns.current_node,
+        interrupt,
+        metadata,
+        columns.deadline,
+    )
 
 
 def _unknown_listed() -> _Listed:
-    return UNKNOWN_STATUS, None, None, None, {}
+    return UNKNOWN_STATUS, None, None, None, {}, None
 
 
 def _entries(dir_fd: int, directory: Path) -> builtins.list[os.DirEntry[str]]:

@@ -36,6 +36,7 @@ class _Stored:
             interrupt=None if c.interrupt is None else json.loads(c.interrupt),
             metadata=json.loads(c.run_metadata),
             expires_at=expires_at,
+            deadline=c.deadline,
         )
 
 
