@@ -36,7 +36,7 @@ from workflow_persistence import errors
 from workflow_persistence._runtime.workflow import Workflow, workflows_by_name
 from workflow_persistence._snapshot import Decision, StoredSnapshotInfo, WorkflowSnapshot, utc_now
 from workflow_persistence._storage.base import LISTED_STATUSES, metadata_matches
-from workflow_persistence.abc import AsyncPersistence, ListFilters, Persistence
+from workflow_persistence.abc import AsyncPersistence, Persistence
 from workflow_persistence.cli import meta_pair, question, to_jsonable
 
 from ._forms import AnswerForm, FormError, answer_form, read_answer
@@ -176,7 +176,7 @@ class Inbox:
             return Page([], [], None)
         cursor = _cursor(params.get("cursor", [""])[-1])
         overdue: list[StoredSnapshotInfo] = []
-        if cursor is None and "deadline_before" in ListFilters.__annotations__:
+        if cursor is None:  # the first page starts with the overdue runs
             overdue = await self._store("list", **filters, deadline_before=utc_now(), limit=size)
             overdue.sort(key=lambda i: i.deadline or utc_now())
         runs: list[StoredSnapshotInfo] = await self._store(
