@@ -166,16 +166,10 @@ class _Core(DatabasePersistence):
     def _engine_for(self, bind: object, timeout: float) -> tuple[Engine, bool]:
         return self._given
 
-    def _run(
-        self,
-        fn: Callable[[Lease, DialectPlan], Any],
-        *,
-        read_only: bool = False,
-        deadline: float | None = None,
-    ) -> Any:
+    def _run(self, fn: Callable[[Lease, DialectPlan], Any], **options: Any) -> Any:
         if self._one_trip:
             fn = partial(_on_sqlite_thread, fn)
-        return super()._run(fn, read_only=read_only, deadline=deadline)
+        return super()._run(fn, **options)
 
 
 def _on_sqlite_thread(fn: Callable[[Lease, DialectPlan], T], lease: Lease, plan: DialectPlan) -> T:
