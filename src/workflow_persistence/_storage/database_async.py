@@ -10,8 +10,9 @@ through the packaged migrations) inside one greenlet, on connections of an
 
 What the event loop needs on top, and only that, lives here: waits that must not block
 the loop (for a free connection, for the table's first check), the call's ``timeout`` as
-an asyncio timeout (the watchdog thread of the sync backend cannot see inside an async
-driver), and the event loop the connections belong to.
+a cancellation on the loop (the watchdog thread of the sync backend cannot see inside an
+async driver), and the event loop the connections belong to. On SQLite a call's
+statements go to aiosqlite's thread in one trip, not one trip per statement.
 """
 
 from __future__ import annotations
