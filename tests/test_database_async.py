@@ -294,6 +294,11 @@ async def test_a_call_cancelled_by_its_caller_stays_cancelled(url: URL) -> None:
                 await task
             assert task.cancelling() == 1
         assert (await persistence.load("w")).version == 1
+    # A connection a cancelled call was using is dropped; aiosqlite stops its thread
+    # without waiting, and that thread answers on the loop: let it, before the loop ends.
+    for thread in threading.enumerate():
+        if "_connection_worker_thread" in thread.name:
+            await asyncio.to_thread(thread.join, 10)
 
 
 async def test_calls_beyond_the_pool_take_turns_and_a_cancelled_one_passes_its_turn(
