@@ -2,8 +2,11 @@
 AsyncPostgresSaver, on one event loop, in one run.
 
 The raw side is the plainest async code that keeps a snapshot (as bench/handwritten.py,
-on its ``raw_snapshots(workflow_id PRIMARY KEY, data)`` table): ``pickle.dumps`` and one
-upsert of ``(workflow_id, data)``; one ``SELECT data`` and ``pickle.loads``. Drivers:
+on its ``raw_snapshots(workflow_id PRIMARY KEY, data)`` table): ``pickle.dumps`` of the
+snapshot and one upsert of ``(workflow_id, data)``; one ``SELECT data`` and
+``pickle.loads``. As there, a run is saved again because it moved on: both sides save a
+snapshot whose state changed since its last save (untimed), since an unchanged row is no
+write at all on InnoDB and SQLite. Drivers:
 psycopg's ``AsyncConnection`` (autocommit, binary results), an aiomysql cursor
 (autocommit), aiosqlite (autocommit, the file in WAL mode like ours).
 
@@ -40,7 +43,7 @@ from _harness import (
 )
 from vs_langgraph import LangGraphThread
 
-from workflow_persistence import AsyncDatabasePersistence
+from workflow_persistence import AsyncDatabasePersistence, WorkflowSnapshot
 
 OPERATIONS = 200 if QUICK else 2000
 ROUNDS = 10
@@ -51,10 +54,15 @@ KINDS = ("postgresql", "mariadb", "sqlite")
 Call = Callable[[], Awaitable[object]]
 
 
-async def interleaved_async(contenders: dict[str, Call], operations: int) -> dict[str, Stats]:
-    """Time each contender ``operations`` times in ``ROUNDS`` alternating rounds."""
-    for call in contenders.values():
+async def interleaved_async(
+    contenders: dict[str, Call], operations: int, setup: Callable[[str], object] | None = None
+) -> dict[str, Stats]:
+    """Time each contender ``operations`` times in ``ROUNDS`` alternating rounds;
+    ``setup(name)``, if given, runs untimed before each call."""
+    for name, call in contenders.items():
         for _ in range(20):
+            if setup:
+                setup(name)
             await call()
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     per_round = max(1, operations // ROUNDS)
@@ -63,6 +71,8 @@ async def interleaved_async(contenders: dict[str, Call], operations: int) -> dic
         for name, call in contenders.items():
             kept = samples[name]
             for _ in range(per_round):
+                if setup:
+                    setup(name)
                 started = clock()
                 await call()
                 kept.append(clock() - started)
@@ -121,15 +131,16 @@ class RawAsync:
             f"CREATE TABLE {RAW_TABLE} (workflow_id VARCHAR(255) PRIMARY KEY, data {blob})"
         )
 
-    async def save(self, workflow_id: str, state: dict[str, Any]) -> None:
-        await self.cursor.execute(self.upsert, (workflow_id, pickle.dumps(state)))
+    async def save(self, snap: WorkflowSnapshot) -> None:
+        await self.cursor.execute(self.upsert, (snap.workflow_id, pickle.dumps(snap, protocol=5)))
 
-    async def load(self, workflow_id: str) -> Any:
+    async def load(self, workflow_id: str) -> WorkflowSnapshot:
         if self.db.kind == "postgresql":
             await self.cursor.execute(self.select, (workflow_id,), binary=True)
         else:
             await self.cursor.execute(self.select, (workflow_id,))
-        return pickle.loads((await self.cursor.fetchone())[0])
+        snap: WorkflowSnapshot = pickle.loads((await self.cursor.fetchone())[0])
+        return snap
 
     async def close(self) -> None:
         await self.conn.close() if self.db.kind != "mariadb" else self.conn.close()
@@ -143,16 +154,27 @@ async def measure(db: BenchDatabase) -> list[list[object]]:
     raw = RawAsync(db)
     await raw.open()
     ids = [f"wf-{n}" for n in range(RECORDS)]
-    snaps = [snapshot(i, state) for i in ids]
-    for i, snap in zip(ids, snaps, strict=True):
-        await ours.save(snap)
-        await raw.save(i, state)
-    next_snap = itertools.cycle(snaps).__next__
+    snaps = {side: [snapshot(i, dict(state)) for i in ids] for side in ("ours", "raw")}
+    for first, second in zip(snaps["ours"], snaps["raw"], strict=True):
+        await ours.save(first)
+        await raw.save(second)
+    cycles = {side: itertools.cycle(snaps[side]) for side in snaps}
+    step = itertools.count()
+    pending: dict[str, WorkflowSnapshot] = {}
+
+    def moved_on(side: str) -> None:
+        """The next record of ``side``, its state changed since its last save (LangGraph's
+        side writes a new checkpoint each time)."""
+        if side not in cycles:
+            return
+        snap = pending[side] = next(cycles[side])
+        snap.state["step"] = next(step)
+
     next_id = itertools.cycle(ids).__next__
     contenders: dict[str, dict[str, Call]] = {
         "save": {
-            "ours": lambda: ours.save(next_snap()),
-            "raw": lambda: raw.save(next_id(), state),
+            "ours": lambda: ours.save(pending["ours"]),
+            "raw": lambda: raw.save(pending["raw"]),
         },
         "load": {
             "ours": lambda: ours.load(next_id()),
@@ -166,7 +188,8 @@ async def measure(db: BenchDatabase) -> list[list[object]]:
         contenders["load"]["langgraph"] = get
     rows: list[list[object]] = []
     for operation, calls in contenders.items():
-        stats = await interleaved_async(calls, OPERATIONS)
+        setup = moved_on if operation == "save" else None
+        stats = await interleaved_async(calls, OPERATIONS, setup)
         mine, theirs = stats["ours"], stats["raw"]
         lang = stats.get("langgraph")
         rows.append([

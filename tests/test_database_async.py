@@ -280,6 +280,78 @@ async def test_a_busy_pool_is_waited_for_on_the_loop_within_timeout(
     await engine.dispose()
 
 
+
+async def test_a_call_cancelled_by_its_caller_stays_cancelled(url: URL) -> None:
+    """Only the call's own deadline becomes StorageUnavailableError; a cancellation
+    from outside (a request gone, a task group failing) goes through as it came."""
+    async with AsyncDatabasePersistence(url, timeout=5) as persistence:
+        await persistence.save(WorkflowSnapshot("w"))
+        for _ in range(20):  # at whichever await of the call the cancellation lands
+            task = asyncio.create_task(persistence.load("w"))
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert task.cancelling() == 1
+        assert (await persistence.load("w")).version == 1
+    # A connection a cancelled call was using is dropped; aiosqlite stops its thread
+    # without waiting, and that thread answers on the loop: let it, before the loop ends.
+    for thread in threading.enumerate():
+        if "_connection_worker_thread" in thread.name:
+            await asyncio.to_thread(thread.join, 10)
+
+
+async def test_calls_beyond_the_pool_take_turns_and_a_cancelled_one_passes_its_turn(
+    url: URL,
+) -> None:
+    engine = create_async_engine(url, pool_size=1, max_overflow=0)
+    persistence = AsyncDatabasePersistence(engine, timeout=10)
+    await persistence.save(WorkflowSnapshot("w"))
+    loads = [asyncio.create_task(persistence.load("w")) for _ in range(12)]
+    await asyncio.sleep(0)  # the first holds the connection, the others wait their turn
+    loads[3].cancel()
+    loads[7].cancel()
+    results = await asyncio.gather(*loads, return_exceptions=True)
+    cancelled = [i for i, r in enumerate(results) if isinstance(r, asyncio.CancelledError)]
+    assert cancelled == [3, 7]
+    assert all(
+        isinstance(r, WorkflowSnapshot) and r.version == 1
+        for i, r in enumerate(results)
+        if i not in cancelled
+    )
+    await persistence.aclose()
+    assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    await engine.dispose()
+
+
+async def test_sqlite_calls_make_one_trip_to_the_driver_thread(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiosqlite runs the connection on a thread of its own; each trip there and back
+    costs more than the statement. A save, a load, an exists: one trip each."""
+    import aiosqlite.core
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/one-trip.db"
+    trips = 0
+    queue = aiosqlite.core.Connection._execute
+
+    async def counted(self: object, fn: object, *args: object, **kwargs: object) -> object:
+        nonlocal trips
+        trips += 1
+        return await queue(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call, arg-type]
+
+    async with AsyncDatabasePersistence(url) as persistence:
+        await persistence.save(WorkflowSnapshot("w"))  # first use: the table, the lease
+        monkeypatch.setattr(aiosqlite.core.Connection, "_execute", counted)
+        for call in (
+            persistence.save(WorkflowSnapshot("w", state={"n": 1})),
+            persistence.load("w"),
+            persistence.exists("w"),
+        ):
+            trips = 0
+            await call
+            assert trips == 1
+
 # -- engines and pools ----------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from typing_extensions import TypeVar as TypeVar_
 
 from workflow_persistence._serialization.columns import SnapshotColumns, columns_of
 from workflow_persistence._sql import aiomysql_bytes, operations
+from workflow_persistence._sql.cursors import cursor_factory
 from workflow_persistence._sql.operations import Cursor, DialectPlan, plan_for
 from workflow_persistence._sql.poolers import SERVER_PID_SQL, through_pooler
 from workflow_persistence._storage.base import (
@@ -449,43 +450,9 @@ def _server_pid(connection: Connection) -> Any:
 
 
 def _new_cursor(connection: Connection) -> Cursor:
-    cursor = connection.connection.cursor()
-    if connection.dialect.is_async and connection.dialect.driver == "psycopg":
-        return _AsyncPsycopgCursor(cursor)
-    return cast(Cursor, cursor)
-
-
-class _AsyncPsycopgCursor:
-    """psycopg's async cursor as SQLAlchemy adapts it for sync code, which passes no
-    execute options: binary results (a blob as bytes rather than hex text) are asked for
-    through the cursor's format instead."""
-
-    def __init__(self, adapted: Any) -> None:
-        from psycopg.pq import Format
-
-        self._adapted = adapted
-        self._formats = (Format.TEXT, Format.BINARY)
-
-    def execute(self, sql: str, params: Any = (), /, **options: Any) -> Any:
-        self._adapted._cursor.format = self._formats[bool(options.get("binary"))]
-        return self._adapted.execute(sql, params)
-
-    def fetchone(self) -> Any:
-        return self._adapted.fetchone()
-
-    def fetchall(self) -> Sequence[Any]:
-        return self._adapted.fetchall()  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self._adapted.close()
-
-    @property
-    def rowcount(self) -> int:
-        return int(self._adapted.rowcount)
-
-    @property
-    def lastrowid(self) -> Any:
-        return self._adapted.lastrowid
+    """A cursor of the connection's driver that takes the operations' execute options
+    (psycopg's ``binary=`` on SQLAlchemy's adapter of its async mode too)."""
+    return cast(Cursor, cursor_factory(connection.dialect)(connection.connection))
 
 
 def _instrumented(connection: Connection) -> bool:

@@ -10,18 +10,22 @@ through the packaged migrations) inside one greenlet, on connections of an
 
 What the event loop needs on top, and only that, lives here: waits that must not block
 the loop (for a free connection, for the table's first check), the call's ``timeout`` as
-an asyncio timeout (the watchdog thread of the sync backend cannot see inside an async
-driver), and the event loop the connections belong to.
+a cancellation on the loop (the watchdog thread of the sync backend cannot see inside an
+async driver), and the event loop the connections belong to. On SQLite a call's
+statements go to aiosqlite's thread in one trip, not one trip per statement.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import collections
+import contextlib
+import math
 import threading
 import weakref
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
@@ -29,12 +33,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 from sqlalchemy import Engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
-from sqlalchemy.pool import Pool
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.pool import Pool, PoolProxiedConnection
+from sqlalchemy.util import await_, greenlet_spawn
 
 from workflow_persistence._serialization.serializers import Serializer
 from workflow_persistence._snapshot import StoredSnapshotInfo, WorkflowSnapshot
 from workflow_persistence._sql.aiomysql_bytes import repair
+from workflow_persistence._sql.operations import DialectPlan
 from workflow_persistence.abc import AsyncPersistence, ListFilters
 from workflow_persistence.errors import (
     InvalidArgumentError,
@@ -49,7 +54,7 @@ from .database import (
     checked_timeout,
     engine_settings,
 )
-from .leases import Leases
+from .leases import Lease, Leases
 
 if TYPE_CHECKING:  # SQLAlchemy's asyncio needs greenlet, from the asyncio extra
     from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -157,9 +162,138 @@ class _Core(DatabasePersistence):
     def __init__(self, engine: Engine, owned: bool, **options: Any) -> None:
         self._given = (engine, owned)
         super().__init__(engine, **options)
+        self._one_trip = engine.dialect.driver == "aiosqlite"
 
     def _engine_for(self, bind: object, timeout: float) -> tuple[Engine, bool]:
         return self._given
+
+    def _run(self, fn: Callable[[Lease, DialectPlan], Any], **options: Any) -> Any:
+        if self._one_trip:
+            fn = partial(_on_sqlite_thread, fn)
+        return super()._run(fn, **options)
+
+
+def _on_sqlite_thread(fn: Callable[[Lease, DialectPlan], T], lease: Lease, plan: DialectPlan) -> T:
+    """``fn(lease, plan)`` in one trip to the thread aiosqlite runs the connection on.
+
+    Through aiosqlite's cursor every statement, and every fetch, is a trip to that thread
+    and back (a save is two, some calls more); here all of a call's statements run there
+    at once, on sqlite3's own cursor, as aiosqlite's own methods do. Its queue of calls
+    is private API, the same that SQLAlchemy's adapter uses; without it, statements go
+    one by one.
+    """
+    queue = getattr(lease.conn.driver_connection, "_execute", None)
+    if queue is None:
+        return fn(lease, plan)
+    try:
+        return await_(queue(_on_this_thread, fn, lease.conn, plan))  # type: ignore[no-any-return]
+    except Exception as error:  # "connection closed" becomes the driver's error, as usual
+        lease.conn.dbapi_connection._handle_exception(error)  # type: ignore[union-attr]
+        raise
+
+
+def _on_this_thread(
+    fn: Callable[[Lease, DialectPlan], T], conn: PoolProxiedConnection, plan: DialectPlan
+) -> T:
+    lease = Lease(conn, None, _sqlite3_cursor)
+    lease.cursor = _sqlite3_cursor(conn)
+    try:
+        return fn(lease, plan)
+    finally:
+        lease.cursor.close()  # a cursor per call: it costs next to nothing on sqlite3
+
+
+def _sqlite3_cursor(conn: PoolProxiedConnection) -> Any:
+    return conn.driver_connection._conn.cursor()  # type: ignore[union-attr]
+
+
+class _Deadlines:
+    """The calls in flight on one event loop, each cancelled at its deadline, on one timer.
+
+    ``asyncio.timeout`` arms a timer per call and leaves it cancelled in the loop's heap,
+    which costs a call more than all of its other work on the event loop. Here a call
+    adds its task to a dict; the one timer waits for the earliest deadline. The
+    cancellation is told apart from any other as ``asyncio.timeout`` does.
+    """
+
+    __slots__ = ("_at", "_calls", "_timer")
+
+    def __init__(self) -> None:
+        self._calls: dict[asyncio.Task[Any], float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf
+
+    def watch(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], at: float) -> None:
+        """Cancel ``task`` at ``at`` (``loop.time()``) unless unwatched before."""
+        self._calls[task] = at
+        if at < self._at:  # only a shorter timeout than the calls in flight moves it
+            if self._timer is not None:
+                self._timer.cancel()
+            self._at = at
+            self._timer = loop.call_at(at, self._expire, loop, at)
+
+    def unwatch(self, task: asyncio.Task[Any]) -> bool:
+        """Stop watching; True if the deadline passed and the task was cancelled for it
+        (that cancellation is withdrawn here, as ``asyncio.timeout`` does)."""
+        if self._calls.pop(task, None) is not None:
+            return False
+        task.uncancel()
+        return True
+
+    def _expire(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        self._timer, self._at = None, math.inf
+        later = math.inf
+        for task, at in builtins.list(self._calls.items()):
+            if at <= due:
+                del self._calls[task]
+                task.cancel()
+            elif at < later:
+                later = at
+        if later < math.inf:
+            self._at = later
+            self._timer = loop.call_at(later, self._expire, loop, later)
+
+
+class _Gate:
+    """At most ``size`` calls at once; the others wait their turn, first come first served.
+
+    An ``asyncio.Semaphore`` whose free path is a plain check: entering it costs no
+    coroutine when a connection is free, which is nearly always.
+    """
+
+    __slots__ = ("_free", "_waiting")
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def try_enter(self) -> bool:
+        if self._free and not self._waiting:
+            self._free -= 1
+            return True
+        return False
+
+    async def enter(self, loop: asyncio.AbstractEventLoop) -> None:
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.leave()  # the turn came together with the cancellation: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(waiter)
+            raise
+
+    def leave(self) -> None:
+        waiting = self._waiting
+        while waiting:
+            waiter = waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # its turn: the place passes on
+                return
+        self._free += 1
 
 
 @dataclass(frozen=True)
@@ -169,7 +303,8 @@ class _OnLoop:
     waits inside the (thread-blocking) pool."""
 
     loop: weakref.ref[asyncio.AbstractEventLoop]
-    gate: asyncio.Semaphore | None
+    gate: _Gate | None
+    deadlines: _Deadlines = field(default_factory=_Deadlines)
 
 
 _on_loop: weakref.WeakKeyDictionary[Leases, _OnLoop] = weakref.WeakKeyDictionary()
@@ -288,22 +423,35 @@ class AsyncDatabasePersistence(AsyncPersistence):
         if on_loop is None or on_loop.loop() is not loop:
             on_loop = self._move_to(loop)
         gate = on_loop.gate
-        timer = asyncio.timeout(self.timeout)
         admitted = gate is None
+        task = asyncio.current_task()
+        if task is None:  # as asyncio.timeout: a deadline needs a task to cancel
+            raise RuntimeError(f"{self!r} must be awaited inside an asyncio task")
+        deadlines = on_loop.deadlines
+        cancelling = task.cancelling()
+        deadlines.watch(loop, task, loop.time() + self.timeout)
         try:
-            async with timer:
-                if gate is None:
-                    return await self._run(call)
-                await gate.acquire()
+            if gate is None:
+                result = await self._run(call)
+            else:
+                if not gate.try_enter():
+                    await gate.enter(loop)
                 admitted = True
                 try:
-                    return await self._run(call)
+                    result = await self._run(call)
                 finally:
-                    gate.release()
-        except TimeoutError as exc:
-            if not timer.expired():
-                raise
-            raise self._too_late(admitted=admitted, write=write) from exc
+                    gate.leave()
+        except BaseException as exc:
+            expired = deadlines.unwatch(task)
+            if (
+                expired
+                and isinstance(exc, asyncio.CancelledError)
+                and task.cancelling() <= cancelling  # no one else cancelled it
+            ):
+                raise self._too_late(admitted=admitted, write=write) from exc
+            raise
+        deadlines.unwatch(task)
+        return result
 
     async def _run(self, call: Callable[[], T]) -> T:
         core = self._core
@@ -354,9 +502,9 @@ class AsyncDatabasePersistence(AsyncPersistence):
             return on_loop
 
 
-def _gate(leases: Leases) -> asyncio.Semaphore | None:
+def _gate(leases: Leases) -> _Gate | None:
     size = leases.capacity if leases.serial is None else 1
-    return None if size is None else asyncio.Semaphore(size)
+    return None if size is None else _Gate(size)
 
 
 #: Async drivers whose connections work on any event loop: psycopg waits through the
