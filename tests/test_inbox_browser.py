@@ -156,6 +156,9 @@ def test_answer_a_waiting_run_through_the_form(
     for workflow_id in [*REFUNDS, "refund-xss"]:
         expect(rows.filter(has_text=workflow_id)).to_have_count(1)
     shoot(page, "waiting-runs")
+    overdue = rows.first  # the overdue run leads the page, marked as such
+    expect(overdue).to_contain_text("refund-1044")
+    expect(overdue.locator(".badge.late")).to_have_text("overdue")
     page.goto(served.base + "/?workflow=refund-approval")  # the picture for the README
     shoot(page, "waiting-refund-approvals")
 
