@@ -322,7 +322,9 @@ class ValueCodec:
             writing = _Writing(self)
         try:
             roomy = _cstack.roomy()
-            if roomy and not self._walk_first:
+            # Only the walk writes stand-ins from their fields: the packer's ``default``
+            # writes each one as read.
+            if roomy and not self._walk_first and write_raw:
                 data = _pack_exactly(writing, value)
                 checker = _DepthChecker.take(levels, len(data))
                 if not checker.fits(data):
