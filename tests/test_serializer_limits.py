@@ -55,29 +55,10 @@ CHILD_HELPERS = textwrap.dedent(
     from dataclasses import dataclass
     from datetime import UTC, datetime, timedelta, timezone
     from workflow_persistence import (
-        CorruptSnapshotError, JsonSerializer, SerializationError, WorkflowSnapshot, _framing,
+        CorruptSnapshotError, JsonSerializer, SerializationError, WorkflowSnapshot,
     )
-
-    @dataclass
-    class Link:
-        next: object = None
-
-    def nest(kind, n, leaf=0):
-        value = leaf
-        for _ in range(n):
-            if kind == "list":
-                value = [value]
-            elif kind == "tuple":
-                value = (value,)
-            elif kind == "dict":
-                value = {"k": value}
-            elif kind == "frozenset":
-                value = frozenset({value})
-            elif kind == "deque":
-                value = collections.deque([value])
-            else:
-                value = Link(value)
-        return value
+    from workflow_persistence._serialization import framing as _framing
+    from tests.test_serializer_limits import Link, nest
 
     NOW = datetime(2026, 1, 1, tzinfo=UTC).__reduce_ex__(4)[1][0]
 
