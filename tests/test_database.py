@@ -27,7 +27,7 @@ from workflow_persistence import (
     WorkflowInterruptRepository,
     WorkflowSnapshot,
 )
-from workflow_persistence._storage.database import make_engine
+from workflow_persistence._storage.database import SQLITE_CACHE_KIB, make_engine
 
 from . import wire
 
@@ -341,6 +341,30 @@ def test_engine_options_reach_sqlalchemy(tmp_path: Any) -> None:
     engine = make_engine(url, pool_size=2)
     assert engine.pool.size() == 2  # type: ignore[attr-defined]
     engine.dispose()
+
+
+def test_sqlite_files_get_a_large_page_cache_but_a_callers_engine_keeps_its_own(
+    tmp_path: Any,
+) -> None:
+    def settings(engine: Engine) -> tuple[str, int]:
+        with engine.connect() as connection:
+            mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar_one()
+            return mode, connection.exec_driver_sql("PRAGMA cache_size").scalar_one()
+
+    ours = DatabasePersistence(f"sqlite:///{tmp_path / 'ours.db'}")
+    try:
+        assert settings(ours.engine) == ("wal", -SQLITE_CACHE_KIB)
+        assert SQLITE_CACHE_KIB >= 64 * 1024
+    finally:
+        ours.close()
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'theirs.db'}")
+    theirs = DatabasePersistence(engine)
+    try:
+        theirs.save(WorkflowSnapshot("w"))
+        assert settings(engine) == ("delete", -2000)  # SQLite's defaults, untouched
+    finally:
+        theirs.close()
+        engine.dispose()
 
 
 def test_packet_sizer_matches_the_drivers_escaping() -> None:

@@ -58,27 +58,7 @@ CHILD_HELPERS = textwrap.dedent(
         CorruptSnapshotError, JsonSerializer, SerializationError, WorkflowSnapshot,
     )
     from workflow_persistence._serialization import framing as _framing
-
-    @dataclass
-    class Link:
-        next: object = None
-
-    def nest(kind, n, leaf=0):
-        value = leaf
-        for _ in range(n):
-            if kind == "list":
-                value = [value]
-            elif kind == "tuple":
-                value = (value,)
-            elif kind == "dict":
-                value = {"k": value}
-            elif kind == "frozenset":
-                value = frozenset({value})
-            elif kind == "deque":
-                value = collections.deque([value])
-            else:
-                value = Link(value)
-        return value
+    from tests.test_serializer_limits import Link, nest
 
     NOW = datetime(2026, 1, 1, tzinfo=UTC).__reduce_ex__(4)[1][0]
 

@@ -19,7 +19,7 @@ def check_workflow_id(workflow_id: object) -> str:
         type(workflow_id) is str
         and 0 < len(workflow_id) <= MAX_WORKFLOW_ID_LENGTH
         and "\x00" not in workflow_id
-        and (workflow_id.isascii() or encodes_as_utf8(workflow_id))
+        and (workflow_id.isascii() or encodable(workflow_id))
     ):
         return workflow_id
     if not isinstance(workflow_id, str):
@@ -37,7 +37,7 @@ def check_workflow_id(workflow_id: object) -> str:
         raise InvalidWorkflowIdError(
             "a workflow id must not contain NUL (\\x00): PostgreSQL cannot store it"
         )
-    if not encodes_as_utf8(workflow_id):
+    if not encodable(workflow_id):
         raise InvalidWorkflowIdError(
             "a workflow id must be valid Unicode text; this one has a lone surrogate"
         )
@@ -45,8 +45,8 @@ def check_workflow_id(workflow_id: object) -> str:
     return str.__str__(workflow_id)
 
 
-def encodes_as_utf8(text: str) -> bool:
-    """Whether ``text`` holds no lone surrogate, so every database can store it."""
+def encodable(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (it holds no lone surrogate)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -44,7 +44,6 @@ import copyreg
 import dataclasses
 import enum
 import gc
-import struct
 import sys
 import threading
 import types as _types
@@ -116,6 +115,8 @@ _REBUILT_NATIVELY = frozenset({
 # Classes the codec stores, but as another type: registering one cannot keep that promise.
 _REBUILT_AS_BYTES = frozenset({bytearray, memoryview})
 _ExtType = msgpack.ExtType
+_Timestamp = msgpack.Timestamp
+_new_object = object.__new__
 _tuple_new = tuple.__new__
 
 # The C constructors also take the pickle state (bytes) that ``__reduce_ex__`` returns;
@@ -322,12 +323,12 @@ class ValueCodec:
             writing = _Writing(self)
         try:
             roomy = _cstack.roomy()
-            if roomy and not self._walk_first:
+            # Only the walk writes stand-ins from their fields: the packer's ``default``
+            # writes each one as read.
+            if roomy and not self._walk_first and write_raw:
                 data = _pack_exactly(writing, value)
-                checker = _DepthChecker.take(levels, len(data))
-                if not checker.fits(data):
+                if not _DepthChecker.within(data, levels):
                     raise NestedTooDeeply(f"a value is nested more than {levels} levels deep")
-                checker.give_back()
                 fast = True
             else:
                 fast = writing.walk(value, levels, write_raw)
@@ -349,6 +350,18 @@ class ValueCodec:
     def _object_encoder(self, cls: type) -> Callable[[Any], Any]:
         path = class_path(cls)
         kind = _kind_of(cls)
+        if kind == KIND_DATACLASS:  # the entry built at once, without a dict of fields
+            head = (_OBJECT_MARK, path, kind)
+            names = _dataclass_names(cls)
+
+            def encode_fields(obj: Any) -> Any:
+                entry = list(head)
+                for name in names:
+                    entry.append(name)
+                    entry.append(getattr(obj, name))
+                return entry
+
+            return encode_fields
         fields = _object_fields_getter(cls, kind)
 
         def encode(obj: Any) -> Any:
@@ -388,19 +401,18 @@ class ValueCodec:
 
         Damage raises CorruptSnapshotError or whatever msgpack raises.
         """
-        checker = _DepthChecker.take(levels, len(data))
-        try:
-            if not checker.fits(data):
-                raise CorruptSnapshotError(
-                    "the record holds values nested deeper than this serializer allows;"
-                    " if it was written with a larger max_depth, read it with"
-                    " JsonSerializer(max_depth=...)"
-                )
-            reading = _Reading(self)
-            value = reading.read(data)
-        except BaseException:
-            raise  # the checker may be mid-body: it is not given back
-        checker.give_back()
+        # A level takes a byte at least: a body no longer than ``levels`` is not checked.
+        checker = None if len(data) <= levels else _DepthChecker.take(levels, len(data))
+        if checker is not None and not checker.fits(data):
+            raise CorruptSnapshotError(
+                "the record holds values nested deeper than this serializer allows;"
+                " if it was written with a larger max_depth, read it with"
+                " JsonSerializer(max_depth=...)"
+            )
+        reading = _Reading(self)
+        value = reading.read(data)  # damage raises, and a checker left mid-body is dropped
+        if checker is not None:
+            checker.give_back()
         if reading.pending:
             raise CorruptSnapshotError("damaged record: a type marker outside its array")
         if reading.stand_ins and keep_raw:
@@ -626,12 +638,15 @@ class _Writing:
     found no aware datetime in another zone or with ``fold`` set, which a timestamp would
     lose. ``memo`` keeps what the walk computed for registered objects, so each one's
     fields are taken once and the packer writes exactly what the walk measured.
+    ``stamp`` is the one ``Timestamp`` ``default`` hands the packer for each UTC datetime:
+    the packer writes it before it calls ``default`` again, so one object serves them all.
     """
 
-    __slots__ = ("encoders", "exact", "fast", "memo", "stand_ins")
+    __slots__ = ("encoders", "exact", "fast", "memo", "stamp", "stand_ins")
 
     def __init__(self, codec: ValueCodec) -> None:
         self.encoders = codec._encoders
+        self.stamp = _new_object(_Timestamp)
         self.memo: dict[int, Any] = {}
         self.stand_ins: list[UnresolvedObject] = []
         self.exact = msgpack.Packer(
@@ -645,14 +660,11 @@ class _Writing:
 
     def default(self, obj: Any) -> Any:
         if type(obj) is datetime and obj.tzinfo is UTC and not obj.fold:  # the usual case
-            delta = obj - _EPOCH  # inlined from _timestamp: a call is a tenth of the cost
-            seconds = delta.days * 86400 + delta.seconds
-            if 0 <= seconds < 1 << 32:
-                micro = delta.microseconds
-                if not micro:
-                    return _tuple_new(_ExtType, (-1, seconds.to_bytes(4, "big")))
-                return _tuple_new(_ExtType, (-1, (micro * 4000 << 32 | seconds).to_bytes(8, "big")))
-            return _timestamp(obj)
+            delta = obj - _EPOCH  # as in _timestamp, inlined: a call costs as much again
+            stamp = self.stamp
+            stamp.seconds = delta.days * 86400 + delta.seconds
+            stamp.nanoseconds = delta.microseconds * 1000
+            return stamp
         packed = self.memo.get(id(obj))
         if packed is not None:
             return packed
@@ -831,20 +843,21 @@ def _enc_datetime(obj: datetime) -> Any:
 
 
 def _timestamp(obj: datetime) -> Any:
-    """A UTC datetime as MessagePack's own timestamp (ext code -1): built here, but read in
-    C, without the checks a pickle state needs, as every timestamp is a valid datetime."""
+    """A UTC datetime as MessagePack's own timestamp (ext code -1): written and read in C,
+    without the checks a pickle state needs, as every timestamp is a valid datetime.
+
+    A ``Timestamp`` made without its ``__init__`` (whose checks hold by construction here)
+    costs half an ``ExtType`` with its payload built in Python; the packer picks the
+    32, 64 or 96-bit form.
+    """
     delta = obj - _EPOCH
-    seconds = delta.days * 86400 + delta.seconds
-    micro = delta.microseconds
-    if not micro and 0 <= seconds < 1 << 32:
-        return _tuple_new(_ExtType, (-1, seconds.to_bytes(4, "big")))
-    if 0 <= seconds < 1 << 34:
-        return _tuple_new(_ExtType, (-1, (micro * 4000 << 32 | seconds).to_bytes(8, "big")))
-    return _tuple_new(_ExtType, (-1, _TIMESTAMP_96(micro * 1000, seconds)))
+    stamp = _new_object(_Timestamp)
+    stamp.seconds = delta.days * 86400 + delta.seconds
+    stamp.nanoseconds = delta.microseconds * 1000
+    return stamp
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_TIMESTAMP_96 = struct.Struct(">Iq").pack
 
 
 def _enc_date(obj: date) -> Any:
@@ -1025,14 +1038,27 @@ class _DepthChecker:
         self.unpacker.feed(b"\x91" * (opened - 1) + b"\xdd\xff\xff\xff\xff")
         self.fits(b"")
 
-    @classmethod
-    def take(cls, levels: int, size: int) -> _DepthChecker:
-        if size <= _CHECKED_IN_POOL:
+    @staticmethod
+    def take(levels: int, size: int) -> _DepthChecker:
+        idle = _IDLE_CHECKERS.get(levels)
+        if idle and size <= _CHECKED_IN_POOL:
             try:
-                return _IDLE_CHECKERS.setdefault(levels, []).pop()
-            except IndexError:
+                return idle.pop()
+            except IndexError:  # another thread took the last one
                 pass
-        return cls(levels, size)
+        return _DepthChecker(levels, size)
+
+    @staticmethod
+    def within(body: bytes, levels: int) -> bool:
+        """Whether ``body``, a value just packed (so whole and well formed), nests at most
+        ``levels`` deep."""
+        if len(body) <= levels:  # a level takes a byte at least
+            return True
+        checker = _DepthChecker.take(levels, len(body))
+        if not checker.fits(body):
+            return False
+        checker.give_back()
+        return True
 
     def fits(self, body: bytes | memoryview) -> bool:
         self.unpacker.feed(body)
@@ -1047,10 +1073,12 @@ class _DepthChecker:
     def give_back(self) -> None:
         """Pool the checker: the body it checked decoded whole, so it was parsed to its
         end and the checker waits for the next one."""
-        self.uses += 1
-        if self.pooled and self.uses < 1 << 20:
-            idle = _IDLE_CHECKERS.setdefault(self.levels, [])
-            if len(idle) < _POOLED_PACKERS:
+        if self.pooled:
+            self.uses += 1
+            idle = _IDLE_CHECKERS.get(self.levels)
+            if idle is None:
+                idle = _IDLE_CHECKERS.setdefault(self.levels, [])
+            if len(idle) < _POOLED_PACKERS and self.uses < 1 << 20:
                 idle.append(self)
 
 
@@ -1546,11 +1574,15 @@ def _object_fields_getter(cls: type, kind: str) -> Callable[[Any], Any]:
     if kind == KIND_ENUM:
         return lambda obj: obj.value
     if kind == KIND_DATACLASS:
-        names = tuple(f.name for f in dataclasses.fields(cls))
+        names = _dataclass_names(cls)
         return lambda obj: {name: getattr(obj, name) for name in names}
     if kind == KIND_PYDANTIC:
         return lambda obj: obj.model_dump(mode="python", round_trip=True)
     return lambda obj: obj.__getstate__()
+
+
+def _dataclass_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def _rebuilder(cls: type, pack: Callable[[Any], bytes]) -> Callable[[Any], Any]:

@@ -21,7 +21,7 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from workflow_persistence._ids import encodes_as_utf8
+from workflow_persistence._ids import encodable
 from workflow_persistence._snapshot import WorkflowSnapshot, printable
 
 __all__ = [
@@ -120,7 +120,7 @@ def _full_text(value: Any) -> str:
         return _slow_text(value)
     # JSON with NUL or lone surrogates is refused by PostgreSQL's jsonb; the slow path
     # cleans them. encode() finds surrogates at C speed.
-    if "\\u0000" in text or not encodes_as_utf8(text):
+    if "\\u0000" in text or not encodable(text):
         return _slow_text(value)
     return text
 
@@ -146,8 +146,6 @@ _encode = json.JSONEncoder(
 def plain_json(value: Any) -> Any:
     """``value`` as plain JSON values (dict, list, str, int, float, bool, None)."""
     return _plain(value, 0)
-
-
 
 
 def _slow_text(value: Any) -> str:

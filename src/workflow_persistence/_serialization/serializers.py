@@ -8,7 +8,7 @@ import pickle
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from workflow_persistence._events import Event, StartEvent, StopEvent
 from workflow_persistence._ids import check_workflow_id
@@ -16,7 +16,6 @@ from workflow_persistence._snapshot import (
     SNAPSHOT_STATUSES,
     Decision,
     ErrorInfo,
-    SnapshotStatus,
     WorkflowSnapshot,
 )
 from workflow_persistence.errors import CorruptSnapshotError, PersistenceError, SerializationError
@@ -390,8 +389,15 @@ def _fits(row: list[Any]) -> bool:
     """
     current_node, event, nodes, attempts, error = row[4], row[5], row[6], row[9], row[10]
     created_at, updated_at, name, expires_at = row[12], row[13], row[15], row[17]
+    status = row[2]
     if not (
-        (current_node is None or type(current_node) is str)
+        type(row[1]) is str
+        and type(status) is str
+        and status in SNAPSHOT_STATUSES
+        and type(row[3]) is dict
+        and type(row[8]) is list
+        and type(row[11]) is dict
+        and (current_node is None or type(current_node) is str)
         and (name is None or type(name) is str)
         and (expires_at is None or (type(expires_at) is datetime and expires_at.tzinfo is not None))
         and (event is None or isinstance(event, _EVENT_TYPES))
@@ -422,6 +428,15 @@ def _fits(row: list[Any]) -> bool:
 
 def _misfit(row: list[Any]) -> tuple[str, str, Any]:
     """The first field :func:`_fits` refuses: its path, what it must be, and its value."""
+    if type(row[1]) is not str:
+        return "workflow_id", "a str", row[1]
+    if type(row[2]) is not str or row[2] not in SNAPSHOT_STATUSES:
+        return "status", f"one of {sorted(SNAPSHOT_STATUSES)}", row[2]
+    for at, name in ((3, "state"), (11, "metadata")):
+        if type(row[at]) is not dict:
+            return name, "a dict", row[at]
+    if type(row[8]) is not list:
+        return "history", "a list of Decision", row[8]
     current_node, event, nodes, attempts, error = row[4], row[5], row[6], row[9], row[10]
     if current_node is not None and type(current_node) is not str:
         return "current_node", "a str or None", current_node
@@ -543,60 +558,19 @@ def _from_row(row: Any) -> WorkflowSnapshot:
             row = [*row, None, None, None]  # written before runs had names and results
         else:
             raise CorruptSnapshotError("damaged record: not a snapshot of a known layout")
-    (
-        _,
-        workflow_id,
-        status,
-        state,
-        current_node,
-        event,
-        completed_nodes,
-        interrupt,
-        history,
-        attempts,
-        error,
-        metadata,
-        created_at,
-        updated_at,
-        version,
-        workflow_name,
-        result,
-        expires_at,
-    ) = row
     # What dumps guarantees, checked so a damaged record never loads as a broken snapshot.
-    if (
-        type(workflow_id) is not str
-        or type(status) is not str
-        or status not in SNAPSHOT_STATUSES
-        or type(state) is not dict
-        or type(metadata) is not dict
-        or type(history) is not list
-    ):
-        raise CorruptSnapshotError("damaged record: wrong field types")
     if not _fits(row):
         path, expected, value = _misfit(row)
         raise CorruptSnapshotError(
             f"damaged record: {path} is a {type(value).__name__}, not {expected}"
         )
-    return WorkflowSnapshot(  # positional: the envelope keeps the dataclass's field order
-        workflow_id,
-        cast(SnapshotStatus, status),
-        state,
-        current_node,
-        event,
-        completed_nodes,
-        interrupt,
-        [Decision(*entry) for entry in history],
-        attempts,
-        None if error is None else ErrorInfo(*error),
-        metadata,
-        created_at,
-        updated_at,
-        version,
-        workflow_name,
-        result,
-        expires_at,
-    )
+    # The envelope keeps the dataclass's field order: the fields are passed as they are,
+    # but for the history and the error, stored as lists.
+    fields = row[1:]
+    fields[7] = [Decision(*entry) for entry in row[8]]
+    if row[10] is not None:
+        fields[9] = ErrorInfo(*row[10])
+    return WorkflowSnapshot(*fields)
 
 
 def _explain_pickle(snapshot: WorkflowSnapshot, exc: BaseException, protocol: int) -> Exception:

@@ -145,12 +145,21 @@ def engine_settings(
     return parsed, kwargs, listeners
 
 
+#: SQLite's page cache per connection, in KiB (a negative cache_size): the default 2 MiB
+#: holds too little of a large table's indexes; listing what waits among 10^6 runs took
+#: 3.3 times as long as among 10^3 with it, 1.5 times with 64 MiB. Pages are taken as
+#: they are read, so a small database never uses it all.
+SQLITE_CACHE_KIB = 64 * 1024
+
+
 def _use_write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
     """SQLite files in WAL mode: one fsync per commit instead of four, and readers that
     work alongside a writer. ``synchronous`` stays FULL, so a save survives power loss.
     (WAL needs a local file system; pass your own Engine to keep another journal mode.)
+    And a page cache of ``SQLITE_CACHE_KIB`` (only on engines the library makes).
     """
     dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    dbapi_connection.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
 
 
 def _widen_pymysql_read_timeout(dbapi_connection: Any, _record: Any, *, seconds: float) -> None:
