@@ -355,18 +355,19 @@ _LOOSE_DDL = {
     "sqlite": "CREATE TABLE IF NOT EXISTS wfp_loose_interrupts (workflow_id VARCHAR(255)"
     " PRIMARY KEY, data BLOB, version INTEGER, created_at DATETIME, updated_at DATETIME,"
     " status VARCHAR(16), workflow_name VARCHAR(255), current_node VARCHAR(255),"
-    " interrupt JSON, run_metadata JSON, expires_at DATETIME)",
+    " interrupt JSON, run_metadata JSON, expires_at DATETIME, deadline DATETIME)",
     "postgresql": "CREATE TABLE IF NOT EXISTS wfp_loose_interrupts (workflow_id VARCHAR(255)"
     " PRIMARY KEY, data BYTEA, version INTEGER, created_at TIMESTAMPTZ,"
     " updated_at TIMESTAMPTZ, status VARCHAR(16), workflow_name VARCHAR(255),"
-    " current_node VARCHAR(255), interrupt JSONB, run_metadata JSONB, expires_at TIMESTAMPTZ)",
+    " current_node VARCHAR(255), interrupt JSONB, run_metadata JSONB, expires_at TIMESTAMPTZ,"
+    " deadline TIMESTAMPTZ)",
     "mariadb": "CREATE TABLE IF NOT EXISTS wfp_loose_interrupts (workflow_id VARCHAR(255)"
     " CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin PRIMARY KEY, data LONGBLOB NULL,"
     " version INTEGER NULL, created_at DATETIME(6) NULL, updated_at DATETIME(6) NULL,"
     " status VARCHAR(16) NULL, workflow_name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE"
     " utf8mb4_nopad_bin NULL, current_node VARCHAR(255) CHARACTER SET utf8mb4 COLLATE"
     " utf8mb4_nopad_bin NULL, interrupt JSON NULL, run_metadata JSON NULL,"
-    " expires_at DATETIME(6) NULL)",
+    " expires_at DATETIME(6) NULL, deadline DATETIME(6) NULL)",
 }
 
 

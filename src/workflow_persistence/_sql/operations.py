@@ -637,8 +637,11 @@ def _infos_leaving_out_damage(
 
 def _row_fault(plan: DialectPlan, row: Any) -> str:
     """Which column of a listed row is damaged and what it holds."""
-    _, created_at, updated_at, version, status, name, node, interrupt, metadata, expires = row
-    fault = _fault(plan, version, created_at, updated_at, expires)
+    _, created_at, updated_at, version, status, name, node, interrupt, metadata, *stamps = row
+    expires, deadline = stamps
+    fault = _fault(plan, version, created_at, updated_at, expires) or _fault(
+        plan, version, created_at, updated_at, deadline, "deadline"
+    )
     if fault is not None:
         return fault
     for column, value in (("status", status), ("workflow_name", name), ("current_node", node)):
@@ -769,14 +772,20 @@ def _bytes_of(workflow_id: str, data: object) -> bytes:
 
 
 def _fault(
-    plan: DialectPlan, version: Any, created_at: Any, updated_at: Any, expires_at: Any = None
+    plan: DialectPlan,
+    version: Any,
+    created_at: Any,
+    updated_at: Any,
+    expires_at: Any = None,
+    expires_name: str = "expires_at",
 ) -> str | None:
-    """Which column of a record is damaged and what it holds; None if none is."""
+    """Which column of a record is damaged and what it holds; None if none is.
+    ``expires_at`` is any optional timestamp column, named ``expires_name``."""
     if type(version) is not int or version < 1:
         return f"its version column holds {_shown(version)}, not an integer >= 1"
     stamps = [("created_at", created_at), ("updated_at", updated_at)]
     if expires_at is not None:
-        stamps.append(("expires_at", expires_at))
+        stamps.append((expires_name, expires_at))
     for name, value in stamps:
         try:
             converted = plan.from_db(value)
