@@ -274,10 +274,7 @@ def _require(table: sa.Table, revision: str, missing: list[str]) -> None:
 
 
 def fill_run_columns(
-    connection: Connection,
-    table_name: str = TABLE_NAME,
-    *,
-    schema: str | None = None,
+    connection: Connection, table_name: str = TABLE_NAME, *, schema: str | None = None,
     batch_size: int = 1000,
 ) -> int:
     """Fill the queryable columns of every stored record from its ``data``; return the count.
@@ -473,10 +470,7 @@ DEADLINE_COLUMN = "deadline"
 
 
 def fill_deadlines(
-    connection: Connection,
-    table_name: str = TABLE_NAME,
-    *,
-    schema: str | None = None,
+    connection: Connection, table_name: str = TABLE_NAME, *, schema: str | None = None,
     batch_size: int = 1000,
 ) -> int:
     """Fill ``deadline`` of every waiting run from its ``data``; return how many got one.

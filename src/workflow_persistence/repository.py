@@ -37,6 +37,9 @@ from .models import WorkflowInterrupt, WorkflowInterruptMixin
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
+#: What ``upsert`` stores: a snapshot encoded by the serializer.
+Blob = bytes | bytearray | memoryview
+
 __all__ = ["AsyncWorkflowInterruptRepository", "WorkflowInterruptRepository"]
 
 ModelT = TypeVar("ModelT", bound=WorkflowInterruptMixin)
@@ -141,11 +144,7 @@ class WorkflowInterruptRepository(Generic[ModelT]):
     # -- the operations -------------------------------------------------------------------
 
     def upsert(
-        self,
-        workflow_id: str,
-        data: bytes | bytearray | memoryview,
-        *,
-        expected_version: int | None = None,
+        self, workflow_id: str, data: Blob, *, expected_version: int | None = None,
         columns: SnapshotColumns | None = None,
     ) -> int:
         """Create or replace the row; return its new version.
@@ -352,11 +351,7 @@ class AsyncWorkflowInterruptRepository(Generic[ModelOrDefault]):
         self.sync = WorkflowInterruptRepository(async_session.sync_session, model)
 
     async def upsert(
-        self,
-        workflow_id: str,
-        data: bytes | bytearray | memoryview,
-        *,
-        expected_version: int | None = None,
+        self, workflow_id: str, data: Blob, *, expected_version: int | None = None,
         columns: SnapshotColumns | None = None,
     ) -> int:
         """See :meth:`WorkflowInterruptRepository.upsert`."""

@@ -44,6 +44,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from workflow_persistence import _telemetry as telemetry
+from workflow_persistence import errors
 from workflow_persistence._events import Event, StopEvent
 from workflow_persistence._snapshot import (
     SNAPSHOT_STATUSES,
@@ -57,14 +58,11 @@ from workflow_persistence._snapshot import (
 )
 from workflow_persistence.errors import (
     ConflictError,
-    CorruptSnapshotError,
     InvalidAnswerError,
     SerializationError,
-    StorageUnavailableError,
     WorkflowDefinitionError,
     WorkflowError,
     WorkflowFailedError,
-    WorkflowNotFoundError,
 )
 
 from .answers import check_answer, plain_answer
@@ -336,11 +334,11 @@ class Machine:
                     take_over=False,
                     via="deadline",
                 )
-            except (ConflictError, WorkflowNotFoundError):
+            except (ConflictError, errors.WorkflowNotFoundError):
                 continue  # answered, expired by another process, or gone meanwhile
             except WorkflowFailedError as exc:
                 _log.warning("expire_due: %s", exc)
-            except (CorruptSnapshotError, SerializationError, WorkflowError) as exc:
+            except (errors.CorruptSnapshotError, SerializationError, WorkflowError) as exc:
                 _log.warning("expire_due skipped run %r: %s", info.workflow_id, exc)
                 continue
             resumed += 1
@@ -707,7 +705,8 @@ class Machine:
                     f" {clip(exception_text(problem), 500)})"
                 )
                 return
-            if isinstance(problem, ConflictError) and isinstance(raised, StorageUnavailableError):
+            lost = isinstance(raised, errors.StorageUnavailableError)
+            if isinstance(problem, ConflictError) and lost:
                 return
             raise
 
@@ -729,7 +728,7 @@ class Machine:
             snapshot.error = replace(error, message=error.message + note) if note else error
             try:
                 yield from self._store(claim, settles=True)
-            except (ConflictError, StorageUnavailableError):
+            except (ConflictError, errors.StorageUnavailableError):
                 raise
             except Exception as exc_of_save:
                 problem = exc_of_save
@@ -827,7 +826,7 @@ def _check_resumable(snapshot: WorkflowSnapshot) -> None:
     """
     problem = _damage(snapshot)
     if problem is not None:
-        raise CorruptSnapshotError(
+        raise errors.CorruptSnapshotError(
             f"run {snapshot.workflow_id!r} cannot be resumed: its stored snapshot is damaged"
             f" ({problem}){_DAMAGE_HINT}"
         )

@@ -202,12 +202,8 @@ class DatabasePersistence(RecordPersistence):
     """
 
     def __init__(
-        self,
-        bind: str | URL | Engine | sessionmaker[Any],
-        *,
-        serializer: Serializer | None = None,
-        create_table: bool = True,
-        model: type[WorkflowInterruptMixin] = WorkflowInterrupt,
+        self, bind: str | URL | Engine | sessionmaker[Any], *, serializer: Serializer | None = None,
+        create_table: bool = True, model: type[WorkflowInterruptMixin] = WorkflowInterrupt,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
         super().__init__(serializer)

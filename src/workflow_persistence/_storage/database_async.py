@@ -333,11 +333,8 @@ class AsyncDatabasePersistence(AsyncPersistence):
     """
 
     def __init__(
-        self,
-        bind: str | URL | AsyncEngine | async_sessionmaker[Any],
-        *,
-        serializer: Serializer | None = None,
-        create_table: bool = True,
+        self, bind: str | URL | AsyncEngine | async_sessionmaker[Any], *,
+        serializer: Serializer | None = None, create_table: bool = True,
         model: type[WorkflowInterruptMixin] = WorkflowInterrupt,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:

@@ -50,10 +50,7 @@ class SessionPersistence(RecordPersistence):
     """
 
     def __init__(
-        self,
-        session: Session,
-        *,
-        serializer: Serializer | None = None,
+        self, session: Session, *, serializer: Serializer | None = None,
         model: type[WorkflowInterruptMixin] = WorkflowInterrupt,
     ) -> None:
         super().__init__(serializer)
@@ -102,10 +99,7 @@ class AsyncSessionPersistence(_Offloaded):
     sync: SessionPersistence
 
     def __init__(
-        self,
-        async_session: AsyncSession,
-        *,
-        serializer: Serializer | None = None,
+        self, async_session: AsyncSession, *, serializer: Serializer | None = None,
         model: type[WorkflowInterruptMixin] = WorkflowInterrupt,
     ) -> None:
         self.async_session = async_session
