@@ -123,8 +123,13 @@ def _lock_waits(engine: Engine) -> int:
                 " AND datname = current_database()"
             )
         else:
+            # A claim in flight on another connection of this database: it waits on our
+            # row lock (innodb_trx does not always show MariaDB's waiter as LOCK WAIT).
             query = (
-                "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'"
+                "SELECT count(*) FROM information_schema.processlist WHERE db = DATABASE()"
+                " AND id <> CONNECTION_ID() AND command = 'Query'"
+                " AND (info LIKE 'UPDATE workflow_interrupts%%'"
+                " OR info LIKE 'INSERT INTO workflow_interrupts%%')"
             )
         return int(conn.exec_driver_sql(query).scalar_one())
 

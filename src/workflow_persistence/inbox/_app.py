@@ -10,6 +10,7 @@ run moved on and answers nothing (409).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import binascii
@@ -200,7 +201,10 @@ class Inbox:
         for text in params.get("meta", []):
             if not text.strip():
                 continue
-            key, value = meta_pair(text.strip())
+            try:
+                key, value = meta_pair(text.strip())
+            except argparse.ArgumentTypeError as exc:
+                raise Refusal(400, f"meta takes KEY=VALUE: {exc}") from None
             wanted[key] = value
         for key, value in access.metadata.items():
             if key in wanted and not metadata_matches({key: wanted[key]}, [(key, value)]):
