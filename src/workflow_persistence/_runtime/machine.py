@@ -483,9 +483,10 @@ class Machine:
 
     def _store(self, claim: _Claim, *, settles: bool) -> Steps[None]:
         """Save the claimed run; ``settles``: it is no longer "running" once saved."""
+        snapshot = claim.snapshot
+        write = save(snapshot, snapshot.version)
         try:
-            snapshot = claim.snapshot
-            snapshot.version = yield save(snapshot, snapshot.version)
+            snapshot.version = yield from _through_outage(write, snapshot)
         except ConflictError as exc:
             claim.held = False
             raise _taken_over(claim.snapshot) from exc
@@ -559,8 +560,9 @@ class Machine:
             yield from self._keep(claim, result, self.keep_completed)
             return
         snapshot = claim.snapshot
+        delete = Store("delete", (snapshot.workflow_id,), {"expected_version": snapshot.version})
         try:
-            yield Store("delete", (snapshot.workflow_id,), {"expected_version": snapshot.version})
+            yield from _through_outage(delete, snapshot)
         except ConflictError as exc:
             claim.held = False
             raise _taken_over(snapshot) from exc
@@ -864,6 +866,58 @@ def _damage(s: WorkflowSnapshot) -> str | None:
             shown = repr(value[:60]) if type(value) is str else f"of type {type(value).__name__}"
             return f"{name} is {shown}, not {wanted}"
     return None  # unreachable: one of the checks above failed
+
+
+#: How long a claimed run's write is tried again through an outage (a failover takes
+#: well under a second): the node's work is done, and a write given up on would leave the
+#: run failed or running at that node, to be run again.
+OUTAGE_SECONDS = 5.0
+
+
+def _through_outage(op: Store, snapshot: WorkflowSnapshot) -> Steps[Any]:
+    """Make ``op``, a claimed run's save or completing delete, through a short outage.
+
+    A write whose connection broke may have landed: a conflict on a later try is checked
+    against what is stored. Any other error on a later try (a caller's transaction that
+    the outage ended, say) gives way to the first outage error, which is the news.
+    """
+    first: errors.StorageUnavailableError | None = None
+    delay, given_up_at = 0.05, 0.0
+    while True:
+        try:
+            return (yield op)
+        except errors.StorageUnavailableError as exc:
+            if first is None:
+                first, given_up_at = exc, time.monotonic() + OUTAGE_SECONDS
+            if time.monotonic() + delay > given_up_at:
+                raise
+        except ConflictError:
+            if first is None:
+                raise
+            landed = yield from _landed(op, snapshot)
+            if landed is None:
+                raise
+            return landed
+        except Exception:
+            if first is None:
+                raise
+            raise first from None
+        yield Sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+def _landed(op: Store, snapshot: WorkflowSnapshot) -> Steps[Any]:
+    """What ``op`` returned, if an earlier try of it landed before its connection broke;
+    None if the stored record shows another writer's hand."""
+    try:
+        stored: WorkflowSnapshot = yield Store("load", (snapshot.workflow_id,), {})
+    except errors.WorkflowNotFoundError:
+        return True if op.method == "delete" else None
+    if op.method == "delete":
+        return None
+    expected = op.options["expected_version"]
+    ours = (stored.status, stored.current_node) == (snapshot.status, snapshot.current_node)
+    return expected + 1 if ours and stored.version == expected + 1 else None
 
 
 #: What a run may be resumed from (a tuple: ``in`` compares, never hashes); a kept
