@@ -639,9 +639,7 @@ def _row_fault(plan: DialectPlan, row: Any) -> str:
     """Which column of a listed row is damaged and what it holds."""
     _, created_at, updated_at, version, status, name, node, interrupt, metadata, *stamps = row
     expires, deadline = stamps
-    fault = _fault(plan, version, created_at, updated_at, expires) or _fault(
-        plan, version, created_at, updated_at, deadline, "deadline"
-    )
+    fault = _fault(plan, version, created_at, updated_at, expires, deadline)
     if fault is not None:
         return fault
     for column, value in (("status", status), ("workflow_name", name), ("current_node", node)):
@@ -777,15 +775,15 @@ def _fault(
     created_at: Any,
     updated_at: Any,
     expires_at: Any = None,
-    expires_name: str = "expires_at",
+    deadline: Any = None,
 ) -> str | None:
-    """Which column of a record is damaged and what it holds; None if none is.
-    ``expires_at`` is any optional timestamp column, named ``expires_name``."""
+    """Which column of a record is damaged and what it holds; None if none is."""
     if type(version) is not int or version < 1:
         return f"its version column holds {_shown(version)}, not an integer >= 1"
     stamps = [("created_at", created_at), ("updated_at", updated_at)]
-    if expires_at is not None:
-        stamps.append((expires_name, expires_at))
+    for name, optional in (("expires_at", expires_at), ("deadline", deadline)):
+        if optional is not None:
+            stamps.append((name, optional))
     for name, value in stamps:
         try:
             converted = plan.from_db(value)
